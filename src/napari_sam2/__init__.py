@@ -1,0 +1,28 @@
+"""napari-sam2: Segment Anything Model 2 for napari — images, stacks and time-lapses.
+
+The public API (no Qt needed)::
+
+    import napari_sam2 as ns
+    model = ns.load_model("sam2.1_hiera_tiny", checkpoint="sam2.1_hiera_tiny.pt")
+    p = ns.ImagePredictor(model)
+    p.set_image(image)
+    r = p.predict(points=[(row, col)], labels=[1])
+"""
+
+from .engine.image import ImagePredictor, Prediction
+from .engine.preprocess import IntensityWindow
+from .engine.prompts import PromptError
+from .model import MODEL_NAMES, CheckpointError, SAM2Model, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_NAMES",
+    "CheckpointError",
+    "ImagePredictor",
+    "IntensityWindow",
+    "Prediction",
+    "PromptError",
+    "SAM2Model",
+    "load_model",
+]

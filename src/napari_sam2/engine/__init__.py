@@ -1,0 +1,1 @@
+"""Qt-free engine: turns user data (arrays, prompts) into model calls."""

@@ -1,0 +1,263 @@
+"""Turn any 2-D frame into SAM 2's input tensor.
+
+Two steps, kept apart so that each can be checked on its own:
+
+1. :func:`to_rgb_unit`: a frame of any layout and dtype → (H, W, 3) float32 in [0, 1].
+2. :func:`to_model_input`: that → (1, 3, S, S) float32, resized and ImageNet-normalised exactly as
+   the official ``sam2.utils.transforms.SAM2Transforms`` does after ``ToTensor``.
+
+Why percentiles and not a cast: SAM 2 was trained on 8-bit photographs, so it expects the useful
+intensities of an image to span [0, 1]. A 16-bit microscope image typically uses a few hundred to a
+few thousand counts of 65,535; cast or divided by 65,535 it becomes an almost black picture, and
+float data (CT in Hounsfield units, ratios, deconvolved stacks) have no fixed range at all. So every
+dtype other than uint8 and bool is mapped through an :class:`IntensityWindow` whose ends are robust
+percentiles (0.5 and 99.5 by default: a few hot pixels do not compress the rest).
+
+uint8 is left alone: it is divided by 255, exactly as torchvision's ``ToTensor`` does on the
+official path, so that results on 8-bit RGB images match the official predictor bit for bit.
+
+For a stack or a time-lapse, compute one window for the whole stack
+(``IntensityWindow.from_percentiles(stack)``) and pass it for every frame: then an intensity means
+the same on every slice, and a cell does not look brighter on a slice just because that slice is
+dimmer overall. Without a ``window`` each frame gets its own, which suits single images only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """The intensity range mapped to [0, 1]: ``low`` → 0, ``high`` → 1, clipped outside.
+
+    ``high > low`` always holds. :meth:`from_percentiles` on a constant image gives
+    ``high = low + 1``, so that image maps to all zeros.
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(
+                f"IntensityWindow needs finite ends, got low={self.low}, high={self.high}"
+            )
+        if not self.high > self.low:
+            raise ValueError(
+                f"IntensityWindow needs high > low, got low={self.low}, high={self.high}; "
+                "swap them or widen the window"
+            )
+
+    @classmethod
+    def from_percentiles(
+        cls,
+        data: np.ndarray,
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        max_samples: int = 1_000_000,
+    ) -> IntensityWindow:
+        """Window between two percentiles of ``data`` (any shape: a frame or a whole stack).
+
+        Percentiles are computed on at most about ``max_samples`` values, taken with a fixed
+        stride over the flattened array (deterministic, and fast on large stacks); NaN and inf
+        are ignored. If both percentiles coincide (a constant image, or one that is almost
+        entirely one value), ``high = low + 1``.
+
+        Raises:
+            ValueError: ``percentiles`` is not two increasing numbers in [0, 100], or ``data``
+                holds no finite value.
+        """
+        low_pct, high_pct = _check_percentiles(percentiles)
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+        values = np.asarray(data)
+        _check_numeric_dtype(values.dtype)
+        flat = values.ravel(order="K")  # a view when the memory layout allows it
+        if flat.size > max_samples:
+            flat = flat[:: math.ceil(flat.size / max_samples)]
+        if np.issubdtype(flat.dtype, np.floating):
+            flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            raise ValueError(
+                "cannot compute an intensity window: the data hold no finite value "
+                f"(shape {values.shape}); replace NaN/inf with np.nan_to_num or pass a window"
+            )
+        # In float64: float32 or float16 data could overflow while percentiles interpolate.
+        sample = flat.astype(np.float64, copy=False)
+        low, high = (float(v) for v in np.percentile(sample, [low_pct, high_pct]))
+        if not high > low:
+            # A constant image maps to zeros. nextafter: for |low| > 2**53, low + 1 == low.
+            high = max(low + 1.0, float(np.nextafter(low, np.inf)))
+        return cls(low, high)
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """``(data - low) / (high - low)`` clipped to [0, 1], as float32."""
+        scaled = (np.asarray(data, dtype=np.float64) - self.low) / (self.high - self.low)
+        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
+def to_rgb_unit(
+    frame: np.ndarray,
+    *,
+    channel: int = 0,
+    window: IntensityWindow | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Map one 2-D frame to an RGB image with values in [0, 1].
+
+    Layout (channels last):
+        - (H, W) or (H, W, 1): gray, replicated to three channels.
+        - (H, W, 3): RGB.
+        - (H, W, 4): RGBA; alpha is dropped.
+        - (H, W, 2) or (H, W, C > 4): multichannel; channel ``channel`` (default 0) is taken as
+          gray. SAM 2 sees one channel of such data; choose the one that shows the objects.
+
+    Intensities:
+        - uint8: divided by 255, exactly the official path (torchvision ``ToTensor``). ``window``
+          and ``percentiles`` are not used.
+        - bool: False → 0, True → 1.
+        - any other integer or float dtype: mapped through ``window`` (see
+          :class:`IntensityWindow`); when ``window`` is None it is computed from this frame (the
+          selected channels) with ``percentiles``. RGB channels share one window, which keeps
+          their balance. For stacks, pass one window computed over the whole stack.
+
+    Returns:
+        (H, W, 3) float32 array in [0, 1].
+
+    Raises:
+        ValueError: wrong number of dimensions, an empty or 1-pixel-wide frame, an out-of-range
+            ``channel``, complex or non-numeric data, or NaN/inf values.
+    """
+    image = np.asarray(frame)
+    _check_numeric_dtype(image.dtype)
+    if image.ndim not in (2, 3):
+        raise ValueError(
+            f"expected one 2-D frame of shape (H, W) or (H, W, C), got shape {image.shape}; "
+            "index a stack down to one frame first (e.g. stack[t])"
+        )
+    if 0 in image.shape:
+        raise ValueError(f"the frame is empty (shape {image.shape})")
+    height, width = image.shape[:2]
+    if height < 2 or width < 2:
+        raise ValueError(
+            f"SAM 2 needs an image of at least 2x2 pixels, got {height}x{width} "
+            f"(shape {image.shape}); if channels come first, move them last (np.moveaxis)"
+        )
+
+    image = _select_channels(image, channel)  # (H, W) gray or (H, W, 3) RGB
+
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise ValueError(
+            f"the frame contains {n_bad} NaN or infinite value(s); replace them first, e.g. "
+            "with np.nan_to_num(frame, nan=..., posinf=..., neginf=...), or mask them out"
+        )
+
+    if image.dtype == np.uint8:
+        # float32 / 255 is correctly rounded in numpy and torch alike: identical to ToTensor.
+        unit = image.astype(np.float32) / np.float32(255.0)
+    elif image.dtype == np.bool_:
+        unit = image.astype(np.float32)
+    else:
+        if window is None:
+            window = IntensityWindow.from_percentiles(image, percentiles)
+        unit = window.apply(image)
+
+    if unit.ndim == 2:
+        unit = np.repeat(unit[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(unit)
+
+
+def to_model_input(rgb_unit: np.ndarray | torch.Tensor, image_size: int = 1024) -> torch.Tensor:
+    """Resize and normalise an (H, W, 3) image in [0, 1] to SAM 2's (1, 3, S, S) input.
+
+    The same operations, in the same order and precision, as the official ``SAM2Transforms``
+    after ``ToTensor``: torchvision's ``Resize((S, S))`` on the float CHW tensor (bilinear with
+    antialiasing, no padding, the aspect ratio is not kept), then ``Normalize`` with the ImageNet
+    mean and std (subtract, then divide).
+
+    Returns:
+        (1, 3, image_size, image_size) float32 tensor on the CPU.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    rgb = torch.as_tensor(rgb_unit)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(
+            f"expected an (H, W, 3) RGB image, got shape {tuple(rgb.shape)}; "
+            "convert it with to_rgb_unit first"
+        )
+    x = rgb.permute(2, 0, 1).contiguous().to(torch.float32)[None]  # (1, 3, H, W)
+    # torchvision's Resize on a tensor is exactly this call.
+    x = F.interpolate(
+        x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )  # (1, 3, S, S)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def prepare_image(
+    frame: np.ndarray,
+    *,
+    image_size: int = 1024,
+    channel: int = 0,
+    window: IntensityWindow | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> torch.Tensor:
+    """One frame → SAM 2's (1, 3, S, S) input: :func:`to_rgb_unit` then :func:`to_model_input`."""
+    rgb = to_rgb_unit(frame, channel=channel, window=window, percentiles=percentiles)
+    return to_model_input(rgb, image_size=image_size)
+
+
+def _select_channels(image: np.ndarray, channel: int) -> np.ndarray:
+    """(H, W[, C]) → (H, W) gray or (H, W, 3) RGB, following the rules of to_rgb_unit."""
+    if image.ndim == 2:
+        return image
+    n_channels = image.shape[2]
+    if n_channels == 3:
+        return image
+    if n_channels == 4:
+        return image[:, :, :3]
+    if n_channels == 1:
+        return image[:, :, 0]
+    if not 0 <= channel < n_channels:
+        raise ValueError(
+            f"channel {channel} is out of range for an image with {n_channels} channels "
+            f"(shape {image.shape}); pass channel=0..{n_channels - 1}"
+        )
+    return image[:, :, channel]
+
+
+def _check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
+    values = tuple(float(p) for p in percentiles)
+    if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 100.0:
+        raise ValueError(
+            f"percentiles must be two increasing numbers in [0, 100], got {tuple(percentiles)}; "
+            f"the default is {DEFAULT_PERCENTILES}"
+        )
+    return values
+
+
+def _check_numeric_dtype(dtype: np.dtype) -> None:
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(
+            f"complex data ({dtype}) cannot be shown to SAM 2; pass a real image, "
+            "e.g. np.abs(frame) for the magnitude"
+        )
+    numeric = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    if not (numeric or dtype == np.bool_):
+        raise ValueError(
+            f"unsupported dtype {dtype}: expected bool, integer or float pixels; "
+            "convert the frame with frame.astype(np.float32) or similar"
+        )

@@ -1,0 +1,18 @@
+"""Our PyTorch implementation of the SAM 2 network, compatible with Meta's checkpoints."""
+
+from .checkpoint import CheckpointError, load_model, pick_device
+from .config import CONFIGS, DEFAULT_MODEL, MODEL_NAMES, SAM2Config, get_config
+from .sam2 import ImageEmbedding, SAM2Model
+
+__all__ = [
+    "CONFIGS",
+    "DEFAULT_MODEL",
+    "MODEL_NAMES",
+    "CheckpointError",
+    "ImageEmbedding",
+    "SAM2Config",
+    "SAM2Model",
+    "get_config",
+    "load_model",
+    "pick_device",
+]

@@ -1,0 +1,139 @@
+"""Loading Meta's official checkpoint files (``{"model": state_dict}``), strictly.
+
+Every key and every tensor shape must match the requested configuration; otherwise the error
+names the file, the configuration and the first offending keys, and, where it can tell, which
+model the file really holds. Nothing is ever loaded partially.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import CONFIGS, get_config
+from .sam2 import SAM2Model
+
+_SHOWN = 5  # offending keys listed per category
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded into the requested model."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` picks CUDA, then Apple MPS, then the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``"model"`` state dict of an official checkpoint file, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for unreadable files; all mean the same
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({size:,} bytes): the file is truncated, corrupt or "
+            f"not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "Download it again (see `napari-sam2 download`) or pass the path of a good copy."
+        ) from e
+    if not isinstance(payload, Mapping) or "model" not in payload:
+        found = list(payload)[:8] if isinstance(payload, Mapping) else type(payload).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is not in the official SAM 2 format: expected a dict with a "
+            f"'model' entry holding the state dict, found {found}. Save your weights as "
+            "torch.save({'model': model.state_dict()}, path)."
+        )
+    state = payload["model"]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: entries that are not tensors: {bad[:_SHOWN]}")
+    return dict(state)
+
+
+def identify(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Best guess of which known model a state dict holds: a configuration name,
+    ``"SAM 1 (segment-anything)"``, or None."""
+    if "image_encoder.patch_embed.proj.weight" in state or any(
+        k.startswith("image_encoder.blocks.") for k in state
+    ):
+        return "SAM 1 (segment-anything)"
+    w = state.get("image_encoder.trunk.patch_embed.proj.weight")
+    if w is None:
+        return None
+    depth = len({k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")})
+    is_sam21 = "obj_ptr_tpos_proj.weight" in state
+    for name, cfg in CONFIGS.items():
+        if (cfg.trunk.embed_dim, cfg.trunk.depth, cfg.is_sam21) == (w.shape[0], depth, is_sam21):
+            return name
+    return None
+
+
+def check_state_dict(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` matches ``model`` key for key and shape
+    for shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    name = model.config.name
+    guess = identify(state)
+    lines = [f"checkpoint {source} does not fit the {name!r} model"]
+    if guess and guess != name:
+        lines[0] += f": it looks like {guess} weights"
+        if guess in CONFIGS:
+            lines[0] += f" — load it with name={guess!r}"
+    for label, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", wrong_shape),
+    ):
+        if keys:
+            more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+            lines.append(f"  {len(keys)} {label}: {', '.join(keys[:_SHOWN])}{more}")
+    raise CheckpointError("\n".join(lines))
+
+
+def load_model(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> SAM2Model:
+    """Build the SAM 2 model ``name`` and load an official checkpoint file into it.
+
+    name: one of the eight configurations, e.g. ``"sam2.1_hiera_tiny"`` (see ``MODEL_NAMES``).
+    checkpoint: path to an official ``.pt`` file (``{"model": state_dict}``).
+    device: ``None`` picks CUDA, then MPS, then CPU.
+    Returns the model in eval mode on ``device``.
+    """
+    config = get_config(name)
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"no checkpoint given for {name!r}. Download {config.checkpoint_url} and pass "
+            "checkpoint=<path to the .pt file>."
+        )
+    state = read_state_dict(checkpoint)
+    model = SAM2Model(config)
+    check_state_dict(model, state, str(checkpoint))
+    model.load_state_dict(state, strict=True)
+    return model.to(pick_device(device)).eval()

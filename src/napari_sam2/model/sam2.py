@@ -1,0 +1,208 @@
+"""SAM 2 assembled: the network parts plus the learned embeddings that tie them together,
+exposed as frame-level steps (encode an image, decode prompts, condition on memory, encode a
+memory). Trackers and predictors in ``napari_sam2.engine`` drive these steps; this module keeps
+no per-video state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import MLP, sine_encoding_1d
+from .config import SAM2Config
+from .image_encoder import ImageEncoder
+from .mask_decoder import MaskDecoder, select_masks
+from .memory_attention import MemoryAttention
+from .memory_encoder import MemoryEncoder
+from .prompt_encoder import PromptEncoder
+
+NO_OBJECT_LOGIT = -1024.0  # mask logits of a frame where the object is judged absent
+# Mask memories see sigmoid(mask) * 20 - 10 (a binary mask maps to exactly ±10).
+MEMORY_MASK_SCALE, MEMORY_MASK_BIAS = 20.0, -10.0
+
+
+class ImageEmbedding(NamedTuple):
+    """One or more encoded images (batch first).
+
+    features: (B, C, E, E) top-level features, before any memory conditioning.
+    high_res: finest first, (B, C/8, 4E, 4E) and (B, C/4, 2E, 2E), projected for the decoder.
+    pos: (1, C, E, E) sine position encoding of ``features``.
+    """
+
+    features: torch.Tensor
+    high_res: tuple[torch.Tensor, torch.Tensor]
+    pos: torch.Tensor
+
+    def select(self, index: int) -> ImageEmbedding:
+        """The embedding of one image of the batch, keeping a batch axis of 1."""
+        s = slice(index, index + 1)
+        return ImageEmbedding(
+            self.features[s], (self.high_res[0][s], self.high_res[1][s]), self.pos
+        )
+
+
+class SAM2Model(nn.Module):
+    """The SAM 2 network. Parameter names follow Meta's checkpoints exactly."""
+
+    def __init__(self, config: SAM2Config) -> None:
+        super().__init__()
+        self.config = config
+        c, m = config.hidden_dim, config.mem_dim
+        self.image_encoder = ImageEncoder(config.trunk, c)
+        self.sam_prompt_encoder = PromptEncoder(c, config.embedding_size, config.image_size)
+        self.sam_mask_decoder = MaskDecoder(c)
+        self.memory_attention = MemoryAttention(c, m, config.memory_attention_layers)
+        self.memory_encoder = MemoryEncoder(c, m)
+
+        # Temporal position of each mask-memory slot (index num_maskmem-1 = conditioning frames).
+        self.maskmem_tpos_enc = nn.Parameter(torch.zeros(config.num_maskmem, 1, 1, m))
+        # Added to the features of a frame that has no memory to attend to (first prompted frame).
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))
+        self.no_mem_pos_enc = nn.Parameter(
+            torch.zeros(1, 1, c)
+        )  # unused at inference; in checkpoints
+        self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
+        self.obj_ptr_proj = MLP(c, c, c, 3)
+        self.no_obj_ptr = nn.Parameter(torch.zeros(1, c))
+        if config.is_sam21:
+            self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, m))
+            self.obj_ptr_tpos_proj = nn.Linear(c, m)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.no_mem_embed.device
+
+    # ---------------------------------------------------------------- image
+    def encode_image(self, images: torch.Tensor) -> ImageEmbedding:
+        """(B, 3, S, S) normalised images -> :class:`ImageEmbedding`."""
+        levels, pos = self.image_encoder(images)
+        high_res = (
+            self.sam_mask_decoder.conv_s0(levels[0]),
+            self.sam_mask_decoder.conv_s1(levels[1]),
+        )
+        return ImageEmbedding(levels[2], high_res, pos[2])
+
+    def decode(
+        self,
+        features: torch.Tensor,
+        high_res: tuple[torch.Tensor, torch.Tensor],
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        mask_logits: torch.Tensor | None = None,
+    ):
+        """Run the prompt encoder and the mask decoder.
+
+        features (B|1, C, E, E) — already conditioned (memory, or ``no_mem_embed``).
+        points (B, N, 2) as (x, y) in input-image pixels with labels (B, N) — box corners are
+        points labelled 2 and 3, placed first. ``mask_logits`` (B, 1, 4E, 4E) or None.
+        Returns the raw :class:`~.mask_decoder.DecoderOutput` (all four hypotheses).
+        """
+        pe = self.sam_prompt_encoder
+        if points is not None:
+            # The released predictors always append one "not a point" token, box or not.
+            sparse = pe.embed_points(points, labels)
+            batch = sparse.shape[0]
+        else:
+            batch = mask_logits.shape[0] if mask_logits is not None else features.shape[0]
+            sparse = torch.empty(batch, 0, pe.embed_dim, device=features.device)
+        dense = pe.embed_mask(mask_logits, batch)
+        return self.sam_mask_decoder(features, pe.dense_pe(), sparse, dense, high_res)
+
+    # ---------------------------------------------------------------- video steps
+    def condition_on_memory(
+        self,
+        features: torch.Tensor,
+        pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        num_obj_ptr_tokens: int,
+    ) -> torch.Tensor:
+        """(B, C, E, E) features attend to (B, M, mem_dim) memory -> (B, C, E, E)."""
+        b, c, h, w = features.shape
+        tokens = features.flatten(2).transpose(1, 2)  # (B, HW, C)
+        tokens_pos = pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
+        out = self.memory_attention(tokens, tokens_pos, memory, memory_pos, num_obj_ptr_tokens)
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def without_memory(self, features: torch.Tensor) -> torch.Tensor:
+        """Features of a frame with nothing to remember: ``no_mem_embed`` added everywhere."""
+        return features + self.no_mem_embed.reshape(1, -1, 1, 1)
+
+    def object_pointer(self, token: torch.Tensor, object_score: torch.Tensor) -> torch.Tensor:
+        """(B, C) decoder output token, (B, 1) object score logit -> (B, C) object pointer.
+        Where the object is absent the pointer is the learned ``no_obj_ptr``."""
+        present = (object_score > 0).float()
+        return present * self.obj_ptr_proj(token) + (1 - present) * self.no_obj_ptr
+
+    def object_pointer_pos(self, offsets: torch.Tensor, max_offset: int) -> torch.Tensor:
+        """Temporal encoding of object pointers (N,) frame offsets -> (N, mem_dim).
+        SAM 2.1 encodes the signed offset and projects it; SAM 2 uses none (zeros)."""
+        if not self.config.is_sam21:
+            return offsets.new_zeros(offsets.shape[0], self.config.mem_dim, dtype=torch.float32)
+        enc = sine_encoding_1d(offsets.float() / max_offset, self.config.hidden_dim)
+        return self.obj_ptr_tpos_proj(enc)
+
+    def encode_memory(
+        self,
+        features: torch.Tensor,
+        mask_logits: torch.Tensor,
+        object_score: torch.Tensor,
+        binarize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A frame's memory from its unconditioned features (B, C, E, E) and its full-size mask
+        logits (B, 1, S, S). ``binarize`` thresholds the mask (frames prompted by clicks) instead
+        of a sigmoid. Returns memory (B, mem_dim, E, E) and its PE (1, mem_dim, E, E)."""
+        mask = (mask_logits > 0).float() if binarize else torch.sigmoid(mask_logits)
+        mask = mask * MEMORY_MASK_SCALE + MEMORY_MASK_BIAS
+        memory, pos = self.memory_encoder(features, mask)
+        if self.config.is_sam21:
+            absent = (object_score <= 0).float()[..., None, None]  # (B, 1, 1, 1)
+            memory = memory + absent * self.no_obj_embed_spatial[..., None, None]
+        return memory, pos
+
+    def upscale_masks(self, low_res: torch.Tensor) -> torch.Tensor:
+        """(B, M, 4E, 4E) -> (B, M, S, S) bilinear, as the trackers use for memory encoding."""
+        s = self.config.image_size
+        return F.interpolate(low_res.float(), size=(s, s), mode="bilinear", align_corners=False)
+
+    def decode_tracked(self, features, high_res, points, labels, mask_logits, multimask):
+        """The tracker's decoding step: decode, pick masks, blank absent objects, make the pointer.
+
+        Returns (masks (B, M, 4E, 4E), ious (B, M), best_mask (B, 1, 4E, 4E), pointer (B, C),
+        object_score (B, 1)).
+        """
+        b = features.shape[0]
+        if points is None:
+            points = torch.zeros(b, 1, 2, device=features.device)
+            labels = -torch.ones(b, 1, dtype=torch.int32, device=features.device)
+        if (
+            mask_logits is not None
+            and mask_logits.shape[-1] != self.sam_prompt_encoder.mask_input_size
+        ):
+            size = self.sam_prompt_encoder.mask_input_size
+            mask_logits = F.interpolate(
+                mask_logits.float(),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        out = self.decode(features, high_res, points, labels, mask_logits)
+        masks, ious = select_masks(out, multimask)
+        present = out.object_score > 0  # (B, 1)
+        masks = torch.where(present[..., None, None], masks, NO_OBJECT_LOGIT).float()
+        rows = torch.arange(b, device=masks.device)
+        if multimask:
+            best = ious.argmax(dim=-1)
+            best_mask = masks[rows, best][:, None]
+            token = out.tokens[:, 1:][rows, best]
+        else:
+            best_mask = masks
+            token = out.tokens[:, 0]
+        pointer = self.object_pointer(token, out.object_score)
+        return masks, ious, best_mask, pointer, out.object_score

@@ -1,0 +1,79 @@
+"""The npe2 manifest is valid and its sample data providers return what they promise."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from npe2 import PluginManifest
+
+import napari_sam2
+from napari_sam2._sample_data import make_sample_stack, make_sample_timelapse, synthetic_cells
+
+MANIFEST = Path(napari_sam2.__file__).parent / "napari.yaml"
+
+
+def test_manifest_validates():
+    manifest = PluginManifest.from_file(MANIFEST)
+    assert manifest.name == "napari-sam2"
+    assert manifest.display_name == "SAM 2"
+    commands = {command.id: command.python_name for command in manifest.contributions.commands}
+    assert commands == {
+        "napari-sam2.sample_stack": "napari_sam2._sample_data:make_sample_stack",
+        "napari-sam2.sample_timelapse": "napari_sam2._sample_data:make_sample_timelapse",
+    }
+    assert {sample.command for sample in manifest.contributions.sample_data} == set(commands)
+
+
+def test_manifest_is_found_through_the_entry_point():
+    # The installed package announces the manifest under napari's entry point group.
+    manifest = PluginManifest.from_distribution("napari-sam2")
+    assert manifest.name == "napari-sam2"
+
+
+@pytest.mark.parametrize(
+    ("make_sample", "name", "scale"),
+    [
+        (make_sample_stack, "SAM2 sample: 3D stack", (4.0, 1.0, 1.0)),
+        (make_sample_timelapse, "SAM2 sample: time-lapse", (1.0, 1.0, 1.0)),
+    ],
+)
+def test_sample_layer_data(make_sample, name, scale):
+    layers = make_sample()
+    assert len(layers) == 1
+    data, kwargs, layer_type = layers[0]
+    assert layer_type == "image"
+    assert kwargs["name"] == name
+    assert tuple(kwargs["scale"]) == scale
+    assert data.ndim == 3 and data.shape[1:] == (192, 256)
+    assert data.dtype == np.uint16
+    # Deterministic: the same call gives the same pixels.
+    assert np.array_equal(make_sample()[0][0], data)
+
+
+def test_synthetic_cells_are_brighter_than_background():
+    frames = synthetic_cells(n_frames=6, seed=3)
+    assert frames.shape == (6, 192, 256)
+    assert frames.dtype == np.uint16
+    for frame in frames:
+        background = np.median(frame)
+        assert 300 < background < 500
+        cells = frame[frame > background + 500]
+        assert cells.size > 0.03 * frame.size  # five cells cover a few percent of the frame
+        assert 1500 < np.median(cells) < 4500
+    assert np.array_equal(frames, synthetic_cells(n_frames=6, seed=3))
+    assert not np.array_equal(frames, synthetic_cells(n_frames=6, seed=4))
+
+
+def test_synthetic_cells_move_over_time():
+    frames = synthetic_cells(n_frames=24, seed=0).astype(np.float64)
+    first, last = frames[0] > 1000, frames[-1] > 1000
+    overlap = np.count_nonzero(first & last) / np.count_nonzero(first | last)
+    assert overlap < 0.8
+
+
+def test_synthetic_cells_argument_checks():
+    with pytest.raises(ValueError, match="n_frames"):
+        synthetic_cells(n_frames=0)
+    with pytest.raises(ValueError, match="shape"):
+        synthetic_cells(shape=(8, 8))
+    assert synthetic_cells(n_frames=2, n_cells=0, dtype=np.float32).dtype == np.float32
