@@ -9,14 +9,22 @@ The public API (no Qt needed)::
     r = p.predict(points=[(row, col)], labels=[1])
 """
 
+from .engine.frames import FrameSourceError
 from .engine.image import ImagePredictor, Prediction
+from .engine.labels import LabelSink, track_to_labels
 from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
+from .engine.video import FrameResult, VideoTracker
 from .model import MODEL_NAMES, CheckpointError, SAM2Model, load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FrameResult",
+    "FrameSourceError",
+    "LabelSink",
+    "VideoTracker",
+    "track_to_labels",
     "MODEL_NAMES",
     "CheckpointError",
     "ImagePredictor",

@@ -1,1 +1,1 @@
-"""Qt-free engine: turns user data (arrays, prompts) into model calls."""
+"""Qt-free engine: preprocessing, prompts, ImagePredictor, VideoTracker, label writing."""

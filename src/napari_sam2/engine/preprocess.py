@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -138,30 +139,7 @@ def to_rgb_unit(
         ValueError: wrong number of dimensions, an empty or 1-pixel-wide frame, an out-of-range
             ``channel``, complex or non-numeric data, or NaN/inf values.
     """
-    image = np.asarray(frame)
-    _check_numeric_dtype(image.dtype)
-    if image.ndim not in (2, 3):
-        raise ValueError(
-            f"expected one 2-D frame of shape (H, W) or (H, W, C), got shape {image.shape}; "
-            "index a stack down to one frame first (e.g. stack[t])"
-        )
-    if 0 in image.shape:
-        raise ValueError(f"the frame is empty (shape {image.shape})")
-    height, width = image.shape[:2]
-    if height < 2 or width < 2:
-        raise ValueError(
-            f"SAM 2 needs an image of at least 2x2 pixels, got {height}x{width} "
-            f"(shape {image.shape}); if channels come first, move them last (np.moveaxis)"
-        )
-
-    image = _select_channels(image, channel)  # (H, W) gray or (H, W, 3) RGB
-
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-        raise ValueError(
-            f"the frame contains {n_bad} NaN or infinite value(s); replace them first, e.g. "
-            "with np.nan_to_num(frame, nan=..., posinf=..., neginf=...), or mask them out"
-        )
+    image = _checked_channels(frame, channel)  # (H, W) gray or (H, W, 3) RGB
 
     if image.dtype == np.uint8:
         # float32 / 255 is correctly rounded in numpy and torch alike: identical to ToTensor.
@@ -202,9 +180,7 @@ def to_model_input(rgb_unit: np.ndarray | torch.Tensor, image_size: int = 1024) 
     x = F.interpolate(
         x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
     )  # (1, 3, S, S)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return _normalize(x)
 
 
 def prepare_image(
@@ -218,6 +194,74 @@ def prepare_image(
     """One frame → SAM 2's (1, 3, S, S) input: :func:`to_rgb_unit` then :func:`to_model_input`."""
     rgb = to_rgb_unit(frame, channel=channel, window=window, percentiles=percentiles)
     return to_model_input(rgb, image_size=image_size)
+
+
+def prepare_video_frame(
+    frame: np.ndarray,
+    *,
+    image_size: int = 1024,
+    channel: int = 0,
+    window: IntensityWindow | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> torch.Tensor:
+    """One frame of a stack → SAM 2's (1, 3, S, S) input, as the official *video* predictor does.
+
+    uint8 frames follow the official video loader exactly: the 8-bit RGB image is resized with
+    PIL's bicubic filter, then divided by 255 (in float64, stored as float32) and normalised —
+    so a stack gives the same network input as the JPEG frames the official predictor reads.
+    Other dtypes go through :func:`prepare_image` (intensity ``window``, bilinear resize).
+    """
+    image = np.asarray(frame)
+    if image.dtype != np.uint8:
+        return prepare_image(
+            image, image_size=image_size, channel=channel, window=window, percentiles=percentiles
+        )
+    rgb = _checked_channels(image, channel)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    resized = Image.fromarray(np.ascontiguousarray(rgb)).resize(
+        (image_size, image_size), Image.Resampling.BICUBIC
+    )
+    x = torch.from_numpy(np.asarray(resized) / 255.0).to(torch.float32)  # (S, S, 3)
+    x = x.permute(2, 0, 1)[None].contiguous()
+    return _normalize(x)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a (1, 3, S, S) float32 tensor in [0, 1], in place."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def _checked_channels(frame: np.ndarray, channel: int) -> np.ndarray:
+    """Validate one frame and reduce it to (H, W) gray or (H, W, 3) RGB, dtype unchanged."""
+    image = np.asarray(frame)
+    _check_numeric_dtype(image.dtype)
+    if image.ndim not in (2, 3):
+        raise ValueError(
+            f"expected one 2-D frame of shape (H, W) or (H, W, C), got shape {image.shape}; "
+            "index a stack down to one frame first (e.g. stack[t])"
+        )
+    if 0 in image.shape:
+        raise ValueError(f"the frame is empty (shape {image.shape})")
+    height, width = image.shape[:2]
+    if height < 2 or width < 2:
+        raise ValueError(
+            f"SAM 2 needs an image of at least 2x2 pixels, got {height}x{width} "
+            f"(shape {image.shape}); if channels come first, move them last (np.moveaxis)"
+        )
+
+    image = _select_channels(image, channel)
+
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise ValueError(
+            f"the frame contains {n_bad} NaN or infinite value(s); replace them first, e.g. "
+            "with np.nan_to_num(frame, nan=..., posinf=..., neginf=...), or mask them out"
+        )
+
+    return image
 
 
 def _select_channels(image: np.ndarray, channel: int) -> np.ndarray:

@@ -36,9 +36,10 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)  # (B, h, N, d)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Heads-split (B, h, N, d) tensors -> (B, N, dim)."""
-        out = F.scaled_dot_product_attention(q, k, v)
+    def attend(self, q, k, v, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Heads-split (B, h, N, d) tensors -> (B, N, dim). ``key_mask`` (B, 1, 1, Nk) bool
+        marks the keys that take part (None: all)."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 

@@ -54,8 +54,9 @@ class RoPEAttention(Attention):
             self._tables[key] = axial_rope_tables(head_dim, side, device)
         return self._tables[key]
 
-    def forward(self, q, k, v, num_k_exclude_rope: int = 0):
-        """(B, Nq, C), (B, Nk, Ckv), (B, Nk, Ckv) -> (B, Nq, C); Nq must be a square grid."""
+    def forward(self, q, k, v, num_k_exclude_rope: int = 0, key_mask=None):
+        """(B, Nq, C), (B, Nk, Ckv), (B, Nk, Ckv) -> (B, Nq, C); Nq must be a square grid.
+        ``key_mask`` (B, 1, 1, Nk) bool: keys that take part (padding excluded)."""
         q = self.split_heads(self.q_proj(q))
         k = self.split_heads(self.k_proj(k))
         v = self.split_heads(self.v_proj(v))
@@ -66,7 +67,7 @@ class RoPEAttention(Attention):
             repeats = n_rope // q.shape[-2]
             k_rot = apply_rope(k[:, :, :n_rope], cos.repeat(repeats, 1), sin.repeat(repeats, 1))
             k = torch.cat((k_rot, k[:, :, n_rope:]), dim=2)
-        return self.attend(q, k, v)
+        return self.attend(q, k, v, key_mask)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -80,13 +81,13 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x, memory, memory_pos, num_obj_ptr_tokens: int):
-        """x (B, HW, C); memory and memory_pos (B, M, mem_dim)."""
+    def forward(self, x, memory, memory_pos, num_obj_ptr_tokens: int, memory_mask=None):
+        """x (B, HW, C); memory and memory_pos (B, M, mem_dim); memory_mask (B, 1, 1, M)."""
         y = self.norm1(x)
         x = x + self.self_attn(y, y, y)
         y = self.norm2(x)
         x = x + self.cross_attn_image(
-            y, memory + memory_pos, memory, num_k_exclude_rope=num_obj_ptr_tokens
+            y, memory + memory_pos, memory, num_obj_ptr_tokens, memory_mask
         )
         return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
@@ -104,14 +105,16 @@ class MemoryAttention(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int = 0,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Condition the current frame on memory.
 
         features, features_pos: (B, HW, C) current frame tokens and their sine PE.
         memory, memory_pos: (B, M, mem_dim); the last ``num_obj_ptr_tokens`` are object pointers.
-        Returns (B, HW, C).
+        memory_mask: (B, 1, 1, M) bool, False for padding (objects with less memory than others
+        in the batch), or None. Returns (B, HW, C).
         """
         x = features + 0.1 * features_pos
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_obj_ptr_tokens)
+            x = layer(x, memory, memory_pos, num_obj_ptr_tokens, memory_mask)
         return self.norm(x)

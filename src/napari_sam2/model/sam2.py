@@ -121,12 +121,16 @@ class SAM2Model(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, C, E, E) features attend to (B, M, mem_dim) memory -> (B, C, E, E)."""
+        """(B, C, E, E) features attend to (B, M, mem_dim) memory -> (B, C, E, E).
+        ``memory_mask`` (B, 1, 1, M) bool excludes padding where objects differ in memory size."""
         b, c, h, w = features.shape
         tokens = features.flatten(2).transpose(1, 2)  # (B, HW, C)
         tokens_pos = pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
-        out = self.memory_attention(tokens, tokens_pos, memory, memory_pos, num_obj_ptr_tokens)
+        out = self.memory_attention(
+            tokens, tokens_pos, memory, memory_pos, num_obj_ptr_tokens, memory_mask
+        )
         return out.transpose(1, 2).reshape(b, c, h, w)
 
     def without_memory(self, features: torch.Tensor) -> torch.Tensor:

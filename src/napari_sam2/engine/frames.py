@@ -1,0 +1,143 @@
+"""Frame sources: read one frame at a time from any array-like stack, validate and preprocess it,
+with the next frame prepared in a background thread while the current one is computed."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .preprocess import DEFAULT_PERCENTILES, IntensityWindow, prepare_video_frame
+
+_WINDOW_SAMPLE_FRAMES = 8
+
+
+class FrameSourceError(ValueError):
+    """A stack that cannot be read as frames, or a frame that does not fit the stack."""
+
+
+class FrameSource:
+    """A lazily read stack of frames: (T, H, W) or (T, H, W, C).
+
+    ``frames`` is anything with ``len``/``shape`` and integer indexing that returns one frame:
+    numpy arrays (memory-mapped ones included), dask and zarr arrays, tifffile memmaps, or a
+    list of 2-D arrays. Nothing is read at construction except, for data that is not uint8 and
+    when no ``window`` is given, up to 8 evenly spaced frames to set one intensity window for
+    the whole stack (so that intensities mean the same on every slice).
+    """
+
+    def __init__(
+        self,
+        frames,
+        *,
+        image_size: int,
+        channel: int = 0,
+        window: IntensityWindow | None = None,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    ) -> None:
+        shape = getattr(frames, "shape", None)
+        if shape is None:
+            if not hasattr(frames, "__len__") or len(frames) == 0:
+                raise FrameSourceError(
+                    "frames must be an array-like stack (T, H, W) or (T, H, W, C), or a "
+                    "non-empty list of 2-D frames"
+                )
+            first = np.asarray(frames[0])
+            shape = (len(frames), *first.shape)
+            dtype = first.dtype
+        else:
+            dtype = np.dtype(getattr(frames, "dtype", np.float32))
+        shape = tuple(int(s) for s in shape)
+        if len(shape) not in (3, 4):
+            raise FrameSourceError(
+                f"a stack must have shape (T, H, W) or (T, H, W, C), got {shape}; for a "
+                "single image use ImagePredictor, for (T, Z, Y, X) pick the axis to track along "
+                "and index the other (e.g. data[:, z])"
+            )
+        if shape[0] == 0:
+            raise FrameSourceError("the stack has no frames (T = 0)")
+        self.frames = frames
+        self.shape = shape
+        self.dtype = dtype
+        self.image_size = image_size
+        self.channel = channel
+        self.percentiles = percentiles
+        self.reads = 0  # frames read so far (for tests and diagnostics)
+        if window is None and dtype not in (np.uint8, np.bool_):
+            picks = np.unique(np.linspace(0, len(self) - 1, _WINDOW_SAMPLE_FRAMES).astype(int))
+            sample = np.stack([self.read(int(t)) for t in picks])
+            window = IntensityWindow.from_percentiles(sample, percentiles)
+        self.window = window
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.shape[1], self.shape[2]
+
+    def check_index(self, frame) -> int:
+        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+            raise FrameSourceError(f"a frame index must be an integer, got {frame!r}")
+        if not 0 <= frame < len(self):
+            raise FrameSourceError(
+                f"frame {frame} is out of range: the stack has {len(self)} frames "
+                f"(0..{len(self) - 1})"
+            )
+        return int(frame)
+
+    def read(self, t: int) -> np.ndarray:
+        """Frame ``t`` as a numpy array, checked against the stack's shape."""
+        frame = np.asarray(self.frames[t])
+        self.reads += 1
+        if frame.shape != self.shape[1:]:
+            raise FrameSourceError(
+                f"frame {t} has shape {frame.shape}, but the stack's frames are {self.shape[1:]}; "
+                "all frames must have the same shape"
+            )
+        return frame
+
+    def prepare(self, t: int) -> torch.Tensor:
+        """Frame ``t`` as the model's (1, 3, S, S) input."""
+        return prepare_video_frame(
+            self.read(t),
+            image_size=self.image_size,
+            channel=self.channel,
+            window=self.window,
+            percentiles=self.percentiles,
+        )
+
+
+class Prefetcher:
+    """Prepares frames in one background thread, at most ``depth`` ahead."""
+
+    def __init__(self, prepare: Callable[[int], torch.Tensor], depth: int = 1) -> None:
+        self._prepare = prepare
+        self._depth = depth
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: OrderedDict[int, Future] = OrderedDict()
+
+    def request(self, t: int) -> None:
+        if t in self._futures:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam2-frames")
+        self._futures[t] = self._pool.submit(self._prepare, t)
+        while len(self._futures) > self._depth + 1:
+            self._futures.popitem(last=False)[1].cancel()
+
+    def get(self, t: int) -> torch.Tensor:
+        future = self._futures.pop(t, None)
+        return future.result() if future is not None else self._prepare(t)
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
