@@ -5,9 +5,10 @@
 
 Both sides load the same random-weight checkpoint (official file format) and track the same
 synthetic clip from one click on frame 0: the official predictor from a JPEG folder (its only
-input), ours from a memory-mapped .npy of the decoded frames. Every (implementation, N) runs in
-its own process so that peak RSS (ru_maxrss) is its own. Prints seconds per propagated frame and
-peak RSS, and the ratios ours/official measured in this run. Runs by hand, not in the tests.
+input), ours from a .npy file of the decoded frames, read frame by frame. Every
+(implementation, N) runs in its own process so that peak RSS (ru_maxrss) is its own. Prints
+seconds per propagated frame and peak RSS, and the ratios ours/official measured in this run.
+Runs by hand, not in the tests.
 """
 
 from __future__ import annotations
@@ -46,6 +47,28 @@ def make_clip(folder: Path, n: int, h: int, w: int) -> Path:
     return folder
 
 
+class NpyFrames:
+    """Frames of a .npy file read with plain file reads, one at a time. (A memmap would be
+    lazy too, but the pages it touches count in the process's RSS and would hide what the
+    tracker itself holds.)"""
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r")
+        self.shape, self.dtype = header.shape, header.dtype
+        self._offset, self._path = header.offset, path
+        self._size = int(np.prod(self.shape[1:]))
+        del header
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        with open(self._path, "rb") as f:
+            f.seek(self._offset + t * self._size * self.dtype.itemsize)
+            frame = np.fromfile(f, dtype=self.dtype, count=self._size)
+        return frame.reshape(self.shape[1:])
+
+
 def child(impl: str, folder: Path, args) -> dict:
     import torch
 
@@ -81,7 +104,7 @@ def child(impl: str, folder: Path, args) -> dict:
 
         model = SAM2Model(CONFIGS[args.model].with_image_size(args.size))
         model.load_state_dict(torch.load(folder / "ckpt.pt", weights_only=True)["model"])
-        frames = np.load(folder / "frames.npy", mmap_mode="r")
+        frames = NpyFrames(folder / "frames.npy")
         tracker = ns.VideoTracker(model, frames)
         for k in range(args.objects):
             tracker.add_prompt(0, k + 1, points=[(click[0], click[1] + 5 * k)], labels=[1])

@@ -46,3 +46,17 @@ def gray16():
     rows, cols = np.mgrid[:90, :140]
     disc = (rows - 40) ** 2 + (cols - 60) ** 2 < 20**2
     return (400 + 2500 * disc + rng.normal(0, 50, disc.shape)).clip(0).astype(np.uint16)
+
+
+@pytest.fixture(scope="session")
+def random_tiny_checkpoint(tmp_path_factory):
+    """Our sam2.1_hiera_tiny with seeded random weights, saved in the official file format
+    (``{"model": state_dict}``, 156 MB) without building the reference sam2: for tests of
+    downloads, the command line and the examples."""
+    from official import randomize_
+
+    torch.manual_seed(0)
+    model = randomize_(SAM2Model(CONFIGS["sam2.1_hiera_tiny"]), seed=2)
+    path = tmp_path_factory.mktemp("random_ckpt") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path

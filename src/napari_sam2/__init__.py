@@ -3,7 +3,7 @@
 The public API (no Qt needed)::
 
     import napari_sam2 as ns
-    model = ns.load_model("sam2.1_hiera_tiny", checkpoint="sam2.1_hiera_tiny.pt")
+    model = ns.load_model("sam2.1_hiera_tiny")  # downloads the weights on first use
     p = ns.ImagePredictor(model)
     p.set_image(image)
     r = p.predict(points=[(row, col)], labels=[1])
@@ -15,7 +15,8 @@ from .engine.labels import LabelSink, track_to_labels
 from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
 from .engine.video import FrameResult, VideoTracker
-from .model import MODEL_NAMES, CheckpointError, SAM2Model, load_model
+from .model import MODEL_NAMES, CheckpointError, SAM2Model
+from .weights import ChecksumError, DownloadError, WeightsError, load_model
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,9 @@ __all__ = [
     "track_to_labels",
     "MODEL_NAMES",
     "CheckpointError",
+    "ChecksumError",
+    "DownloadError",
+    "WeightsError",
     "ImagePredictor",
     "IntensityWindow",
     "Prediction",

@@ -120,7 +120,7 @@ def test_cancel_keeps_results_and_a_later_call_continues(mini_model):
     run.close()  # cancel between frames
     assert [r.frame for r in first] == [0, 1, 2, 3]
     # what was yielded stays valid: the tracker reports the same result for those frames
-    np.testing.assert_array_equal(tracker._result(3).logits, reference[3])
+    np.testing.assert_array_equal(tracker.result(3).logits, reference[3])
     rest = list(tracker.propagate())
     assert [r.frame for r in rest] == list(range(4, 12))
     for r in rest:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from local_server import closed_port_url
 
 import napari_sam2 as ns
+from napari_sam2 import weights
 from napari_sam2.model import CONFIGS, CheckpointError, SAM2Model
 from napari_sam2.model.checkpoint import identify
+from napari_sam2.model.checkpoint import load_model as load_model_from_file
 
 NAME = "sam2.1_hiera_tiny"
 
@@ -38,9 +41,31 @@ def test_unknown_name_lists_the_valid_ones():
         ns.load_model("sam2_tiny", checkpoint="x.pt")
 
 
-def test_missing_checkpoint_argument_says_where_to_get_it():
-    with pytest.raises(FileNotFoundError, match="dl.fbaipublicfiles.com.*sam2.1_hiera_tiny.pt"):
-        ns.load_model(NAME)
+def test_missing_checkpoint_argument_says_where_to_get_it(tmp_path, monkeypatch):
+    """Without a checkpoint the file is downloaded; offline, the error says which file to get
+    from where and where to put it (here: the official URL's file name, from a closed port)."""
+    url = closed_port_url("sam2.1_hiera_tiny.pt")
+    monkeypatch.setitem(weights.REGISTRY, NAME, weights.Weights(NAME, url, 10, None))
+    dest = tmp_path / "cache" / "sam2.1_hiera_tiny.pt"
+    with pytest.raises(ns.DownloadError) as info:
+        ns.load_model(NAME, cache_dir=tmp_path / "cache", progress=False)
+    msg = str(info.value)
+    assert url in msg and str(dest) in msg and "checkpoint=PATH" in msg
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_model_level_loader_requires_a_path():
+    with pytest.raises(TypeError, match="napari_sam2.load_model"):
+        load_model_from_file(NAME, None)
+
+
+def test_image_size_runs_the_same_weights_at_another_input(state, tmp_path):
+    path = _save(tmp_path / "good.pt", {"model": state})
+    model = ns.load_model(NAME, checkpoint=path, device="cpu", image_size=128)
+    assert model.config.image_size == 128 and model.config.embedding_size == 8
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="multiple of 64"):
+        ns.load_model(NAME, checkpoint=path, image_size=100)
 
 
 def test_missing_file(tmp_path):

@@ -21,6 +21,22 @@ def resolve_overlaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return winner, best > 0
 
 
+def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
+    """The (H, W) label frame after writing ``result`` over ``current``: pixels of the result's
+    ids and background take the new labels; pixels of any other label keep theirs."""
+    if current.shape != result.logits.shape[1:]:
+        raise ValueError(
+            f"frame {result.frame}: labels are {current.shape}, results {result.logits.shape[1:]}"
+        )
+    ids = np.asarray(result.obj_ids, dtype=current.dtype)
+    new = np.zeros_like(current)
+    if len(ids):
+        winner, foreground = resolve_overlaps(result.logits)
+        new = np.where(foreground, ids[winner], 0).astype(current.dtype)
+    owned = (current == 0) | np.isin(current, ids)
+    return np.where(owned, new, current)
+
+
 class LabelSink:
     """Writes :class:`FrameResult` s into ``labels`` (T, H, W): numpy, zarr, or anything that
     supports ``labels[t]`` reads and ``labels[t] = ...`` writes.
@@ -41,19 +57,7 @@ class LabelSink:
         self.frames_written = 0
 
     def write(self, result: FrameResult) -> None:
-        current = np.asarray(self.labels[result.frame])
-        if current.shape != result.logits.shape[1:]:
-            raise ValueError(
-                f"frame {result.frame}: labels are {current.shape}, results "
-                f"{result.logits.shape[1:]}"
-            )
-        ids = np.asarray(result.obj_ids, dtype=current.dtype)
-        new = np.zeros_like(current)
-        if len(ids):
-            winner, foreground = resolve_overlaps(result.logits)
-            new = np.where(foreground, ids[winner], 0).astype(current.dtype)
-        owned = (current == 0) | np.isin(current, ids)
-        self.labels[result.frame] = np.where(owned, new, current)
+        self.labels[result.frame] = compose_labels(np.asarray(self.labels[result.frame]), result)
         self.frames_written += 1
 
     def erase(self, obj_ids: Iterable[int]) -> None:

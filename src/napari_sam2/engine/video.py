@@ -134,10 +134,12 @@ class VideoTracker:
         """Prompt object ``obj_id`` on ``frame`` and return that frame's result at once.
 
         points (N, 2) (row, col) with labels (N,) 1/0; box (min_row, min_col, max_row, max_col);
-        mask (H, W) bool. Clicks add to the object's earlier clicks on the same frame unless
-        ``replace``; a box or a mask replaces the object's prompt on that frame (a box comes
-        before clicks: give later clicks in further calls). Object ids are positive integers;
-        they become label values.
+        mask (H, W) bool. Clicks add to the object's earlier clicks on the same frame and refine
+        its current mask there; with ``replace`` they replace the earlier prompt and start from
+        the frame's tracked mask (if any), so the result depends only on the prompt given. A box
+        or a mask replaces the object's prompt on that frame (a box comes before clicks: give
+        later clicks in further calls). Object ids are positive integers; they become label
+        values.
         """
         frame = self.source.check_index(frame)
         obj_id = _check_obj_id(obj_id)
@@ -152,7 +154,10 @@ class VideoTracker:
         if prompt.mask is not None:
             record = self._mask_as_output(emb, prompt.mask)
         else:
-            previous = obj.output(frame)
+            # Clicks that add to earlier ones refine the frame's current mask (as the official
+            # predictor does); a replaced prompt starts again from the tracked mask, so that
+            # removing a click gives what the remaining clicks alone would give.
+            previous = obj.history.get(frame) if replace else obj.output(frame)
             prev_logits = None
             if previous is not None:
                 prev_logits = previous.low_res.clamp(-32.0, 32.0)
@@ -173,7 +178,7 @@ class VideoTracker:
         obj.prompts[frame] = prompt
         obj.pending[frame] = record
         self._new_prompt_frames.add(frame)
-        return self._result(frame)
+        return self.result(frame)
 
     @torch.inference_mode()
     def clear_prompts(self, frame: int, obj_id: int) -> FrameResult:
@@ -187,7 +192,7 @@ class VideoTracker:
         if record is not None:
             obj.history.put(frame, record)
             obj.tracked.pop(frame, None)
-        return self._result(frame)
+        return self.result(frame)
 
     def remove_object(self, obj_id: int) -> None:
         """Forget an object entirely (prompts, memory, results)."""
@@ -278,7 +283,7 @@ class VideoTracker:
             self._track_frame(frame, reverse)
             self._new_prompt_frames.discard(frame)
             self._resume[reverse] = frame + step if i + 1 < len(order) else None
-            yield self._result(frame)
+            yield self.result(frame)
         self._resume[reverse] = None
 
     def _track_frame(self, frame: int, reverse: bool) -> None:
@@ -344,6 +349,11 @@ class VideoTracker:
             raise KeyError(
                 f"unknown object id {obj_id!r}; tracked objects are {list(self._objects)}"
             ) from None
+
+    @torch.inference_mode()
+    def embed(self, frame: int) -> None:
+        """Compute and cache the embedding of ``frame`` (e.g. while the user looks at it)."""
+        self._embedding(self.source.check_index(frame))
 
     def _embedding(self, frame: int) -> ImageEmbedding:
         emb = self._features.get(frame)
@@ -462,7 +472,8 @@ class VideoTracker:
             emb.features.expand(b, -1, -1, -1), emb.pos, memory, memory_pos, n_ptr, mask
         )
 
-    def _result(self, frame: int) -> FrameResult:
+    def result(self, frame: int) -> FrameResult:
+        """The current result of every object on ``frame`` (-1024 where none)."""
         h, w = self.frame_shape
         objs = list(self._objects.values())
         lows = []

@@ -116,22 +116,29 @@ def check_state_dict(
 
 def load_model(
     name: str,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike,
     device: str | torch.device | None = None,
+    *,
+    image_size: int = 1024,
 ) -> SAM2Model:
     """Build the SAM 2 model ``name`` and load an official checkpoint file into it.
 
     name: one of the eight configurations, e.g. ``"sam2.1_hiera_tiny"`` (see ``MODEL_NAMES``).
-    checkpoint: path to an official ``.pt`` file (``{"model": state_dict}``).
+    checkpoint: path to an official ``.pt`` file (``{"model": state_dict}``). To download the
+        official file on first use, call ``napari_sam2.load_model`` instead.
     device: ``None`` picks CUDA, then MPS, then CPU.
+    image_size: input side in pixels, a multiple of 64 (default: the official 1024); the same
+        weights run at any size, smaller is faster and less accurate.
     Returns the model in eval mode on ``device``.
     """
     config = get_config(name)
     if checkpoint is None:
-        raise FileNotFoundError(
-            f"no checkpoint given for {name!r}. Download {config.checkpoint_url} and pass "
-            "checkpoint=<path to the .pt file>."
+        raise TypeError(
+            f"no checkpoint path given for {name!r}; napari_sam2.load_model({name!r}) "
+            "downloads the official file on first use"
         )
+    if image_size != config.image_size:
+        config = config.with_image_size(image_size)
     state = read_state_dict(checkpoint)
     model = SAM2Model(config)
     check_state_dict(model, state, str(checkpoint))
