@@ -7,8 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 
-export QT_QPA_PLATFORM=offscreen
-
 echo "[test] ruff (lint)"
 .venv/bin/ruff check .
 
@@ -16,8 +14,11 @@ echo "[test] lint-imports (layer contracts in pyproject.toml)"
 .venv/bin/lint-imports
 
 if command -v xvfb-run >/dev/null 2>&1; then
+    # A real X screen (Xvfb + Mesa): napari's canvas needs OpenGL, which Qt's "offscreen"
+    # platform does not provide.
     echo "[test] pytest under xvfb-run"
-    exec xvfb-run -a .venv/bin/python -m pytest "$@"
+    export QT_QPA_PLATFORM=xcb
+    exec xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m pytest "$@"
 else
     {
         echo "################################################################################"
@@ -25,5 +26,6 @@ else
         echo "# Tests marked 'display' may fail. Run scripts/setup.sh as root to install xvfb."
         echo "################################################################################"
     } >&2
+    export QT_QPA_PLATFORM=offscreen
     exec .venv/bin/python -m pytest "$@"
 fi

@@ -67,3 +67,53 @@ def test_track_timelapse_example(tiny_checkpoint, tmp_path, monkeypatch, capsys)
     assert n_cells >= 3  # the sample has several separate cells
     assert set(np.unique(labels)) <= set(range(n_cells + 1))
     assert "tracking 3/3 frames" in printed
+
+
+def test_batch_folder_example(random_tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from test_cli import moving_disc
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, frames in (("first", 3), ("second", 2)):
+        tifffile.imwrite(data / f"{name}.tif", moving_disc(frames), photometric="minisblack")
+        (data / f"{name}.csv").write_text("frame,obj_id,row,col,label\n0,1,20,15,1\n0,3,5,5,1\n")
+    tifffile.imwrite(data / "no_prompts.tif", moving_disc(2), photometric="minisblack")
+    argv = ["batch_folder.py", str(data), "--output", str(tmp_path / "out")]
+    argv += ["--checkpoint", str(random_tiny_checkpoint), "--image-size", "128", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        runpy.run_path(str(EXAMPLES / "batch_folder.py"), run_name="__main__")
+    except SystemExit as e:
+        assert e.code == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["first_labels.tif", "second_labels.tif"]
+    first = tifffile.imread(out / "first_labels.tif")
+    assert first.shape == (3, 48, 64) and first.dtype == np.uint16
+    assert set(np.unique(first)) <= {0, 1, 3}
+    printed = capsys.readouterr().out
+    assert "no_prompts.tif: no no_prompts.csv, skipped" in printed
+    assert "first.tif: (3, 48, 64), objects [1, 3]" in printed and "2 stacks in" in printed
+
+
+def test_segment_stack_example(random_tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "labels.tif"
+    argv = [
+        "segment_stack.py",
+        "--checkpoint",
+        str(random_tiny_checkpoint),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--image-size",
+        "128",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        runpy.run_path(str(EXAMPLES / "segment_stack.py"), run_name="__main__")
+    except SystemExit as e:
+        assert e.code == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (32, 192, 256)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    assert "clicks on slice 16" in capsys.readouterr().out

@@ -17,11 +17,31 @@ def test_manifest_validates():
     assert manifest.name == "napari-sam2"
     assert manifest.display_name == "SAM 2"
     commands = {command.id: command.python_name for command in manifest.contributions.commands}
-    assert commands == {
+    samples = {
         "napari-sam2.sample_stack": "napari_sam2._sample_data:make_sample_stack",
         "napari-sam2.sample_timelapse": "napari_sam2._sample_data:make_sample_timelapse",
     }
-    assert {sample.command for sample in manifest.contributions.sample_data} == set(commands)
+    widget = {"napari-sam2.widget": "napari_sam2._qt.widget:SAM2Widget"}
+    assert commands == {**samples, **widget}
+    assert {sample.command for sample in manifest.contributions.sample_data} == set(samples)
+    assert [w.command for w in manifest.contributions.widgets] == list(widget)
+
+
+def test_widget_command_resolves_without_importing_qt_at_package_import():
+    """napari imports the widget module only when the widget is opened; the package itself
+    (and its engine) never imports Qt."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_sam2; "
+        "bad = [m for m in ('qtpy', 'PyQt6', 'magicgui', 'napari') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    from napari_sam2._qt.widget import SAM2Widget
+
+    assert callable(SAM2Widget)
 
 
 def test_manifest_is_found_through_the_entry_point():

@@ -1,0 +1,97 @@
+"""Reading prompts from napari layers and writing results into a Labels layer.
+
+Coordinates go through world space, so layers with different ``scale``/``translate`` (and
+anisotropic stacks) line up: a point's data coordinate in the Points layer -> world -> the
+image layer's data coordinate -> (frame, row, col) by the stack geometry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+
+from ..engine.labels import compose_labels
+from ..engine.session import BoxRow, PointRow
+from ..engine.stack import StackGeometry
+from ..engine.video import FrameResult
+
+OBJ_ID, POSITIVE = "obj_id", "positive"
+POSITIVE_COLOR, NEGATIVE_COLOR = (0.2, 1.0, 0.2, 1.0), (1.0, 0.2, 0.2, 1.0)
+
+
+def _to_image_data(layer, image: Image, coords: np.ndarray) -> np.ndarray:
+    """(N, D) data coordinates of ``layer`` -> (N, D) data coordinates of ``image``."""
+    if len(coords) == 0:
+        return np.zeros((0, image.ndim))
+    return np.array([image.world_to_data(layer.data_to_world(c)) for c in coords])
+
+
+def point_rows(points: Points, image: Image, geometry: StackGeometry) -> list[PointRow]:
+    """Every click of ``points`` that lies on the tracked slices, as :class:`PointRow`."""
+    if len(points.data) == 0:
+        return []
+    coords = _to_image_data(points, image, np.asarray(points.data))
+    ids = points.features[OBJ_ID].to_numpy() if OBJ_ID in points.features else np.ones(len(coords))
+    pos = (
+        points.features[POSITIVE].to_numpy()
+        if POSITIVE in points.features
+        else np.ones(len(coords), bool)
+    )
+    rows = []
+    for c, o, s in zip(coords, ids, pos):
+        where = geometry.frame_of(c)
+        if where is not None:
+            frame, r, col = where
+            rows.append(PointRow(int(o), frame, r, col, bool(s)))
+    return rows
+
+
+def box_rows(shapes: Shapes, image: Image, geometry: StackGeometry) -> list[BoxRow]:
+    """Every rectangle of ``shapes`` on the tracked slices, as its bounding box."""
+    rows = []
+    ids = shapes.features[OBJ_ID].to_numpy() if OBJ_ID in shapes.features else None
+    for i, (verts, kind) in enumerate(zip(shapes.data, shapes.shape_type)):
+        if kind not in ("rectangle", "polygon"):
+            continue
+        coords = _to_image_data(shapes, image, np.asarray(verts))
+        where = geometry.frame_of(coords[0])
+        if where is None:
+            continue
+        n = geometry.ndim_spatial
+        lo, hi = coords[:, n - 2 :].min(axis=0), coords[:, n - 2 :].max(axis=0)
+        obj_id = int(ids[i]) if ids is not None else 1
+        rows.append(BoxRow(obj_id, where[0], (lo[0], lo[1], hi[0], hi[1])))
+    return rows
+
+
+def color_points(points: Points) -> None:
+    """Positive clicks green, negative red."""
+    if len(points.data) and POSITIVE in points.features:
+        pos = points.features[POSITIVE].to_numpy().astype(bool)
+        points.face_color = np.where(pos[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+
+
+def write_result(labels: Labels, geometry: StackGeometry, result: FrameResult, undoable: bool):
+    """Write one frame's result into ``labels`` (other labels untouched). ``undoable`` records
+    the change in napari's undo history (Ctrl+Z on the Labels layer)."""
+    view = geometry.label_frames(labels.data)
+    current = np.asarray(view[result.frame])
+    new = compose_labels(current, result)
+    if not undoable:
+        view[result.frame] = new
+        return
+    changed = np.nonzero(new != current)
+    if changed[0].size == 0:
+        return
+    lead = geometry.index(result.frame)
+    indices = tuple(np.full(changed[0].size, i) for i in lead) + changed
+    labels.data_setitem(indices, new[changed])
+
+
+def erase_objects(labels: Labels, obj_ids) -> None:
+    """Remove these objects' labels everywhere."""
+    data = labels.data
+    hit = np.isin(data, np.asarray(list(obj_ids)))
+    if hit.any():
+        data[hit] = 0
+        labels.refresh()

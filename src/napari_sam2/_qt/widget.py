@@ -1,0 +1,466 @@
+"""The napari dock widget: click on a slice, see the mask, propagate through the stack.
+
+Thin by design: prompts are read from napari layers (``layers.py``), all tracking logic is the
+Qt-free :class:`~napari_sam2.engine.session.PromptSession`, and everything slow runs on napari
+worker threads with a progress bar and Cancel.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from ..engine.session import PromptSession
+from ..engine.stack import StackError, StackGeometry
+from ..model.config import DEFAULT_MODEL, MODEL_NAMES
+from ..weights import WeightsError
+from . import layers as L
+
+# Errors that are the user's to fix (bad file, offline, bad prompt): shown as a message, not as a
+# traceback. Anything else is a bug and reaches napari's error reporting.
+EXPECTED_ERRORS = (ValueError, KeyError, OSError, WeightsError)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: Exception
+
+
+def _guarded(fn):
+    """``fn`` with expected errors returned (or yielded) as :class:`_Failure` values."""
+    if inspect.isgeneratorfunction(fn):
+
+        def generator(*args):
+            try:
+                yield from fn(*args)
+            except EXPECTED_ERRORS as e:
+                yield _Failure(e)
+
+        return generator
+
+    def call(*args):
+        try:
+            return fn(*args)
+        except EXPECTED_ERRORS as e:
+            return _Failure(e)
+
+    return call
+
+POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
+EMBEDDING_CACHE = 8  # slices whose image embedding is kept (LRU)
+
+
+class SAM2Widget(Container):
+    """Dock widget. ``viewer`` is the napari viewer it works on."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.session: PromptSession | None = None
+        self.geometry: StackGeometry | None = None
+        self.image_layer: Image | None = None
+        self.points: Points | None = None
+        self.boxes: Shapes | None = None
+        self.labels_layer: Labels | None = None
+        self.worker = None  # the running or last worker (tests wait on it)
+        self.propagation_worker = None
+        self._workers: set = set()  # every worker still running
+        self._models: dict[tuple, object] = {}
+        self._progress = None
+
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.model_name = ComboBox(label="model", choices=MODEL_NAMES, value=DEFAULT_MODEL)
+        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt", value="")
+        self.checkpoint.tooltip = "Official .pt file; leave empty to download on first use"
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
+        self.input_size = ComboBox(
+            label="input size",
+            choices=[1024, 512, 256],
+            value=1024,
+            tooltip="SAM 2's input resolution: 1024 is the official one; smaller is faster",
+        )
+        self.stack_axis = ComboBox(label="track along", choices=self._axis_choices)
+        self.new_labels = CheckBox(label="write into a new Labels layer", value=False)
+        self.start_button = PushButton(text="Start segmenting")
+        self.obj_id = SpinBox(label="object id", min=1, max=65535, value=1)
+        self.new_object = PushButton(text="New object")
+        self.negative = CheckBox(label="negative clicks", value=False)
+        self.undo = PushButton(text="Undo last click")
+        self.direction = ComboBox(
+            label="direction", choices=["forward", "backward", "both"], value="both"
+        )
+        self.first = SpinBox(label="from frame (-1: auto)", min=-1, max=1_000_000, value=-1)
+        self.last = SpinBox(label="to frame (-1: end)", min=-1, max=1_000_000, value=-1)
+        self.propagate_button = PushButton(text="Propagate")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="Pick an image and press Start.")
+        self.extend(
+            [
+                self.image,
+                self.model_name,
+                self.checkpoint,
+                self.device,
+                self.input_size,
+                self.stack_axis,
+                self.new_labels,
+                self.start_button,
+                self.obj_id,
+                self.new_object,
+                self.negative,
+                self.undo,
+                self.direction,
+                self.first,
+                self.last,
+                self.propagate_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
+        self.start_button.changed.connect(self.start)
+        self.new_object.changed.connect(self.next_object)
+        self.obj_id.changed.connect(self._update_defaults)
+        self.negative.changed.connect(self._update_defaults)
+        self.undo.changed.connect(self.undo_last_click)
+        self.propagate_button.changed.connect(self.propagate)
+        self.cancel_button.changed.connect(self.cancel)
+        self.image.changed.connect(lambda *_: self.stack_axis.reset_choices())
+        viewer.layers.events.inserted.connect(lambda *_: self.image.reset_choices())
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.dims.events.current_step.connect(self._on_slider)
+        self._set_session_enabled(False)
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, *_):
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _axis_choices(self, *_):
+        layer = self.image.value
+        if layer is None:
+            return [("none", -1)]
+        n = layer.ndim - 2
+        if n <= 0:
+            return [("single image", -1)]
+        names = [f"axis {i} ({layer.data.shape[i]})" for i in range(n)]
+        return [(name, i) for i, name in enumerate(names)]
+
+    # ------------------------------------------------------------------ start
+    def start(self, *_) -> None:
+        """Load the model (in the background) and set up prompt and label layers."""
+        image = self.image.value
+        if image is None:
+            show_error("Open an image first (File → Open Sample → SAM 2 has examples).")
+            return
+        try:
+            geometry = self._geometry_for(image)
+        except StackError as e:
+            show_error(str(e))
+            return
+        checkpoint = self.checkpoint.value
+        checkpoint = None if checkpoint in (None, "") or Path(checkpoint).is_dir() else checkpoint
+        key = (self.model_name.value, str(checkpoint), self.device.value, self.input_size.value)
+        self.status.value = f"Loading {self.model_name.value}…"
+        self._run(
+            self._load_model,
+            key,
+            checkpoint,
+            returned=lambda model: self._begin(image, geometry, model, key),
+        )
+
+    def use_model(self, model, image: Image | None = None) -> None:
+        """Start with an already loaded model (scripts and tests); synchronous."""
+        image = image or self.image.value
+        self._begin(image, self._geometry_for(image), model, ("given",))
+
+    def _load_model(self, key, checkpoint):
+        if key not in self._models:
+            import napari_sam2 as ns
+
+            name, _, device, size = key
+            self._models[key] = ns.load_model(
+                name,
+                checkpoint=checkpoint,
+                device=None if device == "auto" else device,
+                image_size=int(size),
+            )
+        return self._models[key]
+
+    def _geometry_for(self, image: Image) -> StackGeometry:
+        shape = tuple(image.data.shape)
+        rgb = bool(image.rgb)
+        lead = image.ndim - 2
+        displayed = tuple(self.viewer.dims.displayed[-2:]) if self.viewer.dims.ndisplay == 2 else ()
+        if displayed and tuple(d - (self.viewer.dims.ndim - image.ndim) for d in displayed) != (
+            image.ndim - 2,
+            image.ndim - 1,
+        ):
+            raise StackError("Show the last two axes (Y, X) in 2-D view to segment slices.")
+        if lead <= 0:
+            return StackGeometry(shape, rgb)
+        axis = self.stack_axis.value
+        axis = 0 if axis is None or axis < 0 else int(axis)
+        position = np.round(image.world_to_data(self.viewer.dims.point)).astype(int)
+        fixed = {a: int(np.clip(position[a], 0, shape[a] - 1)) for a in range(lead) if a != axis}
+        return StackGeometry(shape, rgb, axis, fixed)
+
+    def _begin(self, image: Image, geometry: StackGeometry, model, key) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.image_layer, self.geometry = image, geometry
+        self.session = PromptSession(
+            model, geometry.frames(image.data), feature_cache=EMBEDDING_CACHE
+        )
+        common = {
+            "scale": image.scale[: geometry.ndim_spatial],
+            "translate": image.translate[: geometry.ndim_spatial],
+        }
+        ndim = geometry.ndim_spatial
+        self.labels_layer = self._labels_layer(geometry, common)
+        if self.points is None or self.points not in self.viewer.layers:
+            self.points = self.viewer.add_points(
+                np.zeros((0, ndim)),
+                ndim=ndim,
+                name=POINTS_NAME,
+                size=6,
+                **common,
+                features={L.OBJ_ID: np.zeros(0, int), L.POSITIVE: np.zeros(0, bool)},
+            )
+            self.points.events.data.connect(self._on_prompts_changed)
+        if self.boxes is None or self.boxes not in self.viewer.layers:
+            self.boxes = self.viewer.add_shapes(
+                ndim=ndim,
+                name=BOXES_NAME,
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
+                features={L.OBJ_ID: np.zeros(0, int)},
+                **common,
+            )
+            self.boxes.events.data.connect(self._on_prompts_changed)
+        self._update_defaults()
+        self.points.mode = "add"
+        self.viewer.layers.selection.active = self.points
+        self._set_session_enabled(True)
+        frames = geometry.num_frames
+        self.status.value = (
+            f"{key[0]} ready · {frames} frame(s). Click to add points (object "
+            f"{self.obj_id.value}); draw boxes in '{BOXES_NAME}'."
+        )
+        self._on_slider()
+
+    def _labels_layer(self, geometry: StackGeometry, common) -> Labels:
+        existing = self.labels_layer
+        if (
+            not self.new_labels.value
+            and existing is not None
+            and existing in self.viewer.layers
+            and tuple(existing.data.shape) == geometry.labels_shape
+        ):
+            return existing
+        data = np.zeros(geometry.labels_shape, dtype=np.uint32)
+        name = LABELS_NAME if LABELS_NAME not in self.viewer.layers else None
+        return self.viewer.add_labels(
+            data, name=name or f"{LABELS_NAME} {len(self.viewer.layers)}", **common
+        )
+
+    # ------------------------------------------------------------------ prompts
+    def _update_defaults(self, *_) -> None:
+        if self.points is not None:
+            self.points.feature_defaults = {
+                L.OBJ_ID: int(self.obj_id.value),
+                L.POSITIVE: not self.negative.value,
+            }
+        if self.boxes is not None:
+            self.boxes.feature_defaults = {L.OBJ_ID: int(self.obj_id.value)}
+        if self.labels_layer is not None:
+            self.labels_layer.selected_label = int(self.obj_id.value)
+
+    def next_object(self, *_) -> None:
+        """Start a new object: the next unused id."""
+        used = [int(self.obj_id.value)]
+        for layer in (self.points, self.boxes):
+            if layer is not None and len(layer.data):
+                used.extend(int(v) for v in layer.features[L.OBJ_ID])
+        self.obj_id.value = max(used) + 1
+
+    def undo_last_click(self, *_) -> None:
+        """Remove the most recently added click (its slice is segmented again)."""
+        if self.points is not None and len(self.points.data):
+            self.points.selected_data = {len(self.points.data) - 1}
+            self.points.remove_selected()
+
+    def _on_prompts_changed(self, event=None) -> None:
+        action = getattr(event, "action", None)
+        if action is not None and str(getattr(action, "value", action)) in (
+            "adding",
+            "removing",
+            "changing",
+        ):
+            return  # wait for the finished action
+        if self.session is None:
+            return
+        L.color_points(self.points)
+        points = L.point_rows(self.points, self.image_layer, self.geometry)
+        boxes = L.box_rows(self.boxes, self.image_layer, self.geometry)
+        frames = sorted(
+            {r.frame for r in points} | {r.frame for r in boxes} | self._synced_frames()
+        )
+        session = self.session
+
+        def sync():
+            for frame in frames:
+                outcome = session.sync_frame(frame, points, boxes)
+                if outcome.result is not None or outcome.removed:
+                    yield outcome
+
+        self.status.value = "Segmenting…"
+        self._run(sync, yielded=self._show_sync, finished=self._ready_message)
+
+    def _synced_frames(self) -> set[int]:
+        return {f for f, _ in self.session._synced} if self.session else set()
+
+    def _show_sync(self, outcome) -> None:
+        if outcome.removed:
+            L.erase_objects(self.labels_layer, outcome.removed)
+        if outcome.result is not None:
+            L.write_result(self.labels_layer, self.geometry, outcome.result, undoable=True)
+
+    def _on_slider(self, *_) -> None:
+        """Embed the slice now shown, in the background, so the first click on it is fast."""
+        if self.session is None or self.geometry.stack_axis is None or self.busy:
+            return
+        position = self.image_layer.world_to_data(self.viewer.dims.point)
+        frame = int(
+            np.clip(round(position[self.geometry.stack_axis]), 0, self.geometry.num_frames - 1)
+        )
+        self._run(self.session.embed, frame, quiet=True)
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, *_) -> None:
+        """Track every object through the stack, filling the Labels layer as frames arrive."""
+        if self.session is None:
+            show_error("Press Start and add a prompt first.")
+            return
+        start = None if self.first.value < 0 else int(self.first.value)
+        stop = None if self.last.value < 0 else int(self.last.value)
+        try:
+            total = self.session.plan(self.direction.value, start, stop)
+        except ValueError as e:  # PromptError, bad range
+            show_error(str(e))
+            return
+        self._progress = progress(total=total, desc="SAM 2: propagating")
+        self.cancel_button.enabled = True
+        self.propagate_button.enabled = False
+        self.status.value = f"Propagating {self.direction.value} ({total} frames)…"
+        self.propagation_worker = self._run(
+            self.session.propagate,
+            self.direction.value,
+            start,
+            stop,
+            yielded=self._show_frame,
+            finished=self._propagation_done,
+        )
+
+    def _show_frame(self, result) -> None:
+        L.write_result(self.labels_layer, self.geometry, result, undoable=False)
+        self.labels_layer.refresh()
+        if self._progress is not None:
+            self._progress.update(1)
+
+    def cancel(self, *_) -> None:
+        """Stop the propagation after the frame in progress; results so far are kept."""
+        if self.propagation_worker is not None:
+            self.propagation_worker.quit()
+        self.status.value = "Cancelling after the current frame…"
+
+    def _propagation_done(self) -> None:
+        done = self._progress.n if self._progress is not None else 0
+        total = self._progress.total if self._progress is not None else 0
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.cancel_button.enabled = False
+        self.propagate_button.enabled = True
+        if done < total:
+            self.status.value = f"Stopped after {done} of {total} frames; Propagate continues."
+        else:
+            self.status.value = f"Propagated {done} frames."
+            show_info(f"SAM 2: propagated {done} frames")
+
+    def _on_layer_removed(self, event) -> None:
+        self.image.reset_choices()
+        if event.value is self.image_layer:
+            self.end_session()
+
+    def end_session(self) -> None:
+        """Stop background work and forget the tracker (the layers stay)."""
+        for worker in list(self._workers):
+            worker.quit()
+        if self.session is not None:
+            self.session.close()
+        self.session, self.image_layer = None, None
+        self._set_session_enabled(False)
+        self.status.value = "Pick an image and press Start."
+
+    # ------------------------------------------------------------------ helpers
+    def _ready_message(self) -> None:
+        self.status.value = f"Ready · object {self.obj_id.value}."
+
+    def _set_session_enabled(self, on: bool) -> None:
+        for w in (self.new_object, self.undo, self.propagate_button):
+            w.enabled = on
+
+    def _run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
+        worker = create_worker(_guarded(fn), *args)
+        if inspect.isgeneratorfunction(fn):
+            worker.yielded.connect(self._unless_failed(yielded, quiet))
+        worker.returned.connect(self._unless_failed(returned, quiet))
+        if finished is not None:
+            worker.finished.connect(finished)
+        if not quiet:
+            worker.errored.connect(self._on_error)
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _unless_failed(self, handler, quiet):
+        def receive(value):
+            if isinstance(value, _Failure):
+                if not quiet:
+                    self._on_error(value.error)
+            elif handler is not None:
+                handler(value)
+
+        return receive
+
+    @property
+    def busy(self) -> bool:
+        """Whether any background work (embedding, segmenting, propagating) is running."""
+        return bool(self._workers)  # from creation (not just from start) until finished
+
+    def _on_error(self, error: Exception) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.cancel_button.enabled = False
+        self.propagate_button.enabled = self.session is not None
+        self.status.value = f"Error: {error}"
+        show_error(f"SAM 2: {error}")
