@@ -214,3 +214,29 @@ def test_a_missing_checkpoint_is_reported_and_nothing_is_created(
     assert widget.session is None
     assert "nope.pt" in widget.status.value
     assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_shift_click_adds_a_negative_point(flow, qtbot):
+    """Through napari's own mouse-event path: a click in add mode, with and without Shift."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+    from vispy.util import keys
+
+    _, widget = flow
+
+    def click_at(position, modifiers):
+        for kind, handler in (
+            ("mouse_press", mouse_press_callbacks),
+            ("mouse_release", mouse_release_callbacks),
+        ):
+            event = read_only_mouse_event(
+                type=kind, position=position, modifiers=modifiers, dims_displayed=[1, 2]
+            )
+            handler(widget.points, event)
+
+    widget.points.mode = "add"
+    click_at((8.0, 10, 10), [])  # world coordinates: slice 2 at z scale 4
+    click_at((8.0, 20, 20), [keys.SHIFT])
+    wait(qtbot, widget)
+    assert widget.points.features[L.POSITIVE].tolist() == [True, False]
+    assert widget.points.data[:, 0].tolist() == [2.0, 2.0]

@@ -63,6 +63,7 @@ def _guarded(fn):
 
     return call
 
+
 POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
 EMBEDDING_CACHE = 8  # slices whose image embedding is kept (LRU)
 
@@ -101,7 +102,7 @@ class SAM2Widget(Container):
         self.start_button = PushButton(text="Start segmenting")
         self.obj_id = SpinBox(label="object id", min=1, max=65535, value=1)
         self.new_object = PushButton(text="New object")
-        self.negative = CheckBox(label="negative clicks", value=False)
+        self.negative = CheckBox(label="negative clicks (or Shift-click)", value=False)
         self.undo = PushButton(text="Undo last click")
         self.direction = ComboBox(
             label="direction", choices=["forward", "backward", "both"], value="both"
@@ -242,6 +243,8 @@ class SAM2Widget(Container):
                 features={L.OBJ_ID: np.zeros(0, int), L.POSITIVE: np.zeros(0, bool)},
             )
             self.points.events.data.connect(self._on_prompts_changed)
+            # Before napari's own add-point handler: Shift makes this click negative.
+            self.points.mouse_drag_callbacks.insert(0, self._polarity_from_modifiers)
         if self.boxes is None or self.boxes not in self.viewer.layers:
             self.boxes = self.viewer.add_shapes(
                 ndim=ndim,
@@ -290,6 +293,14 @@ class SAM2Widget(Container):
             self.boxes.feature_defaults = {L.OBJ_ID: int(self.obj_id.value)}
         if self.labels_layer is not None:
             self.labels_layer.selected_label = int(self.obj_id.value)
+
+    def _polarity_from_modifiers(self, layer, event) -> None:
+        """A Shift-click adds a negative point (the *negative clicks* box flips the meaning)."""
+        shift = "Shift" in {getattr(k, "name", str(k)) for k in event.modifiers}
+        layer.feature_defaults = {
+            L.OBJ_ID: int(self.obj_id.value),
+            L.POSITIVE: shift == self.negative.value,
+        }
 
     def next_object(self, *_) -> None:
         """Start a new object: the next unused id."""
