@@ -240,3 +240,20 @@ def test_shift_click_adds_a_negative_point(flow, qtbot):
     wait(qtbot, widget)
     assert widget.points.features[L.POSITIVE].tolist() == [True, False]
     assert widget.points.data[:, 0].tolist() == [2.0, 2.0]
+
+
+def test_single_rgb_image(make_napari_viewer, qtbot, model):
+    viewer = make_napari_viewer()
+    rgb = np.zeros((40, 56, 3), np.uint8)
+    rgb[10:30, 15:40] = (200, 120, 40)
+    image = viewer.add_image(rgb, name="photo")
+    assert image.rgb
+    widget = SAM2Widget(viewer)
+    widget.use_model(model, image)
+    assert widget.geometry.num_frames == 1 and widget.labels_layer.data.shape == (40, 56)
+    widget.points.add([[20, 25]])
+    wait(qtbot, widget)
+    assert (widget.labels_layer.data == 1).any()
+    widget.propagate()
+    wait(qtbot, widget)
+    assert "Propagated" in widget.status.value
