@@ -257,3 +257,15 @@ def test_single_rgb_image(make_napari_viewer, qtbot, model):
     widget.propagate()
     wait(qtbot, widget)
     assert "Propagated" in widget.status.value
+
+
+def test_multiscale_image_uses_its_finest_level(make_napari_viewer, qtbot, model):
+    viewer = make_napari_viewer()
+    full = stack(t=3)
+    image = viewer.add_image([full, full[:, ::2, ::2]], multiscale=True, name="pyramid")
+    widget = SAM2Widget(viewer)
+    widget.use_model(model, image)
+    assert widget.labels_layer.data.shape == full.shape
+    widget.points.add([[1, 15, 20]])
+    wait(qtbot, widget)
+    assert (widget.labels_layer.data[1] == 1).any()

@@ -43,6 +43,11 @@ class _Failure:
     error: Exception
 
 
+def _full_resolution(image: Image):
+    """The array SAM 2 reads: a multiscale image's finest level, else the data itself."""
+    return image.data[0] if image.multiscale else image.data
+
+
 def _guarded(fn):
     """``fn`` with expected errors returned (or yielded) as :class:`_Failure` values."""
     if inspect.isgeneratorfunction(fn):
@@ -203,7 +208,7 @@ class SAM2Widget(Container):
         return self._models[key]
 
     def _geometry_for(self, image: Image) -> StackGeometry:
-        shape = tuple(image.data.shape)
+        shape = tuple(_full_resolution(image).shape)
         rgb = bool(image.rgb)
         lead = image.ndim - 2
         displayed = tuple(self.viewer.dims.displayed[-2:]) if self.viewer.dims.ndisplay == 2 else ()
@@ -225,7 +230,7 @@ class SAM2Widget(Container):
             self.session.close()
         self.image_layer, self.geometry = image, geometry
         self.session = PromptSession(
-            model, geometry.frames(image.data), feature_cache=EMBEDDING_CACHE
+            model, geometry.frames(_full_resolution(image)), feature_cache=EMBEDDING_CACHE
         )
         common = {
             "scale": image.scale[: geometry.ndim_spatial],
