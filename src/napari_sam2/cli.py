@@ -379,7 +379,7 @@ def _segment_one(model, job: _Job, args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .engine.labels import track_to_labels
-    from .engine.video import VideoTracker
+    from .engine.video import VideoTracker, frames_in
 
     started = time.perf_counter()
     stack = open_stack(job.stack, axis=args.axis, index=args.index)
@@ -393,7 +393,7 @@ def _segment_one(model, job: _Job, args: argparse.Namespace) -> int:
             passes = tracker.plan(args.direction, args.start, args.stop)
         except ValueError as e:
             raise InputError(f"{job.stack}: {e}") from None
-        total = sum(abs(last - first) + 1 for first, last, _ in passes)
+        total = frames_in(passes)
         tracked = {
             f for first, last, _ in passes for f in range(min(first, last), max(first, last) + 1)
         }

@@ -290,22 +290,23 @@ class SAM2Widget(Container):
     # ------------------------------------------------------------------ prompts
     def _update_defaults(self, *_) -> None:
         if self.points is not None:
-            self.points.feature_defaults = {
-                L.OBJ_ID: int(self.obj_id.value),
-                L.POSITIVE: not self.negative.value,
-            }
+            self._set_point_defaults(shift=False)
         if self.boxes is not None:
             self.boxes.feature_defaults = {L.OBJ_ID: int(self.obj_id.value)}
         if self.labels_layer is not None:
             self.labels_layer.selected_label = int(self.obj_id.value)
 
-    def _polarity_from_modifiers(self, layer, event) -> None:
-        """A Shift-click adds a negative point (the *negative clicks* box flips the meaning)."""
-        shift = "Shift" in {getattr(k, "name", str(k)) for k in event.modifiers}
-        layer.feature_defaults = {
+    def _set_point_defaults(self, shift: bool) -> None:
+        """The next click's object id and polarity: negative when exactly one of Shift and the
+        *negative clicks* box is on."""
+        self.points.feature_defaults = {
             L.OBJ_ID: int(self.obj_id.value),
             L.POSITIVE: shift == self.negative.value,
         }
+
+    def _polarity_from_modifiers(self, layer, event) -> None:
+        """A Shift-click adds a negative point (the *negative clicks* box flips the meaning)."""
+        self._set_point_defaults("Shift" in {getattr(k, "name", str(k)) for k in event.modifiers})
 
     def next_object(self, *_) -> None:
         """Start a new object: the next unused id."""
@@ -335,7 +336,7 @@ class SAM2Widget(Container):
         points = L.point_rows(self.points, self.image_layer, self.geometry)
         boxes = L.box_rows(self.boxes, self.image_layer, self.geometry)
         frames = sorted(
-            {r.frame for r in points} | {r.frame for r in boxes} | self._synced_frames()
+            {r.frame for r in points} | {r.frame for r in boxes} | self.session.synced_frames()
         )
         session = self.session
 
@@ -347,9 +348,6 @@ class SAM2Widget(Container):
 
         self.status.value = "Segmenting…"
         self._run(sync, yielded=self._show_sync, finished=self._ready_message)
-
-    def _synced_frames(self) -> set[int]:
-        return {f for f, _ in self.session._synced} if self.session else set()
 
     def _show_sync(self, outcome) -> None:
         if outcome.removed:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 
-from .video import FrameResult, VideoTracker
+from .video import FrameResult, VideoTracker, frames_in
 
 
 def resolve_overlaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,15 +60,6 @@ class LabelSink:
         self.labels[result.frame] = compose_labels(np.asarray(self.labels[result.frame]), result)
         self.frames_written += 1
 
-    def erase(self, obj_ids: Iterable[int]) -> None:
-        """Remove these objects' labels from every frame."""
-        ids = np.asarray(list(obj_ids))
-        for t in range(self.labels.shape[0]):
-            current = np.asarray(self.labels[t])
-            hit = np.isin(current, ids)
-            if hit.any():
-                self.labels[t] = np.where(hit, 0, current)
-
 
 def track_to_labels(
     tracker: VideoTracker,
@@ -88,7 +79,7 @@ def track_to_labels(
         labels = np.zeros((tracker.num_frames, *tracker.frame_shape), dtype=np.uint32)
     sink = LabelSink(labels)
     passes = tracker.plan(direction, start, stop)
-    total = sum(abs(last - first) + 1 for first, last, _ in passes)
+    total = frames_in(passes)
     for done, result in enumerate(tracker.propagate(direction, start, stop), start=1):
         sink.write(result)
         if progress is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model import SAM2Model
-from .video import FrameResult, VideoTracker
+from .video import FrameResult, VideoTracker, frames_in
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,11 @@ class PromptSession:
                 result = tracker.result(frame)  # every object's current mask on this frame
             return SyncResult(frame, result, tuple(removed))
 
+    def synced_frames(self) -> set[int]:
+        """Frames on which some object currently has a prompt from the tables."""
+        with self.lock:
+            return {frame for frame, _ in self._synced}
+
     def embed(self, frame: int) -> None:
         """Compute (and cache) the embedding of ``frame`` ahead of a click on it."""
         with self.lock:
@@ -125,8 +130,7 @@ class PromptSession:
     def plan(self, direction="forward", start=None, stop=None) -> int:
         """How many frames ``propagate`` will yield."""
         with self.lock:
-            passes = self.tracker.plan(direction, start, stop)
-        return sum(abs(last - first) + 1 for first, last, _ in passes)
+            return frames_in(self.tracker.plan(direction, start, stop))
 
     def close(self) -> None:
         with self.lock:

@@ -236,8 +236,8 @@ class VideoTracker:
     def plan(
         self, direction: str = "forward", start: int | None = None, stop: int | None = None
     ) -> list[tuple[int, int, bool]]:
-        """The passes :meth:`propagate` would run, as (first, last, reverse) triples; the number
-        of frames it will yield is ``sum(abs(last - first) + 1)`` (for progress bars)."""
+        """The passes :meth:`propagate` would run, as (first, last, reverse) triples;
+        :func:`frames_in` counts the frames it will yield (for progress bars)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         start = None if start is None else self.source.check_index(start)
@@ -490,6 +490,11 @@ class VideoTracker:
         return FrameResult(frame, tuple(o.obj_id for o in objs), full[:, 0].numpy())
 
 
+def frames_in(passes: list[tuple[int, int, bool]]) -> int:
+    """How many results the passes of :meth:`VideoTracker.plan` yield."""
+    return sum(abs(last - first) + 1 for first, last, _ in passes)
+
+
 def _memory_pos(n: int, dim: int, device) -> torch.Tensor:
     """(n, dim) sine encoding of the square memory grid (the memory encoder's own PE)."""
     side = int(round(n**0.5))
@@ -525,4 +530,4 @@ def _check_obj_id(obj_id) -> int:
     return int(obj_id)
 
 
-__all__ = ["FrameResult", "FrameSourceError", "VideoTracker"]
+__all__ = ["FrameResult", "FrameSourceError", "VideoTracker", "frames_in"]
