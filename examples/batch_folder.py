@@ -38,11 +38,11 @@ def segment_stack(model, tif: Path, csv: Path, out: Path, direction: str) -> Non
         dtype = label_dtype(max(p.obj_id for p in prompts))
         with label_output(out, stack.label_shape, dtype, overwrite=True) as labels:
             ns.track_to_labels(tracker, labels, direction=direction)
-            voxels, _ = label_counts(labels)  # read back one frame at a time
+            counts = label_counts(labels)  # id -> (voxels, frames), one frame at a time
     finally:
         tracker.close()
         stack.close()
-    found = [int(i) for i in voxels.nonzero()[0] if i]
+    found = sorted(counts)
     ids = sorted({p.obj_id for p in prompts})
     print(f"{tif.name}: {stack.label_shape}, objects {ids}, found {found} -> {out}")
 

@@ -253,10 +253,10 @@ def test_console_script_is_installed():
 def test_unexpected_errors_and_ctrl_c(files, monkeypatch, capsys, error, code, message):
     from napari_sam2 import cli
 
-    def fail(args):
+    def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cli, "_plan_jobs", fail)
+    monkeypatch.setattr(cli, "plan_jobs", fail)
     tif, csv = files
     argv = ["segment", tif, "-p", csv, "-o", "o.tif"]
     got, _, stderr = run(argv, capsys)
@@ -269,6 +269,7 @@ def test_unexpected_errors_and_ctrl_c(files, monkeypatch, capsys, error, code, m
 
 def test_view_fetches_weights_first_and_stops_offline_with_the_fix(tmp_path, monkeypatch, capsys):
     """The README's main job (`napari-sam2 view`) fails only at the download, clearly."""
+    monkeypatch.setenv("DISPLAY", os.environ.get("DISPLAY", ":0"))  # a screen is not the issue
     name = "sam2.1_hiera_tiny"
     url = closed_port_url(f"{name}.pt")
     monkeypatch.setitem(weights.REGISTRY, name, weights.Weights(name, url, 100, None))

@@ -153,8 +153,8 @@ def test_label_output_appears_only_when_complete(tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     back = tifffile.imread(path) if suffix == ".tif" else zarr.open(str(path), mode="r")[:]
     assert back.shape == (3, 8, 9) and back.dtype == np.uint32
-    voxels, frames = label_counts(back)
-    assert voxels[5] == 72 and frames[5] == 1 and voxels[70_000] == 18
+    assert label_counts(back) == {5: (72, 1), 70_000: (18, 1)}
+    assert label_counts(back, [5, 9]) == {5: (72, 1), 9: (0, 0), 70_000: (18, 1)}
     with pytest.raises(InputError, match="exists"):
         with label_output(path, (3, 8, 9)):
             pass

@@ -11,11 +11,11 @@ The public API (no Qt needed)::
 
 from .engine.frames import FrameSourceError
 from .engine.image import ImagePredictor, Prediction
-from .engine.labels import LabelSink, track_to_labels
+from .engine.labels import LabelError, LabelSink, track_to_labels
 from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
 from .engine.video import FrameResult, VideoTracker
-from .model import MODEL_NAMES, CheckpointError, SAM2Model
+from .model import MODEL_NAMES, CheckpointError, DeviceError, SAM2Model
 from .weights import ChecksumError, DownloadError, WeightsError, load_model
 
 __version__ = "0.1.0"
@@ -23,11 +23,13 @@ __version__ = "0.1.0"
 __all__ = [
     "FrameResult",
     "FrameSourceError",
+    "LabelError",
     "LabelSink",
     "VideoTracker",
     "track_to_labels",
     "MODEL_NAMES",
     "CheckpointError",
+    "DeviceError",
     "ChecksumError",
     "DownloadError",
     "WeightsError",

@@ -5,10 +5,12 @@
     napari-sam2 view [IMAGE]                # napari with the SAM 2 widget and an image/sample
     napari-sam2 info                        # models cached, cache folder, device, versions
 
-Exit codes: 0 success; 1 unexpected error (a bug: rerun with --debug and report it); 2 bad usage
-or input (the message names the file, and the line of a bad prompts row); 3 weights unavailable
-(offline, checksum, missing or unreadable checkpoint); 130 interrupted (Ctrl+C). Errors go to
-stderr as one message; ``--debug`` adds the traceback. docs/cli.md has the details.
+Exit codes: 0 success; 1 an I/O error (disk full, file-size limit) or an unexpected error (a bug:
+rerun with --debug and report it); 2 bad usage or input (the message names the file, and the line
+of a bad prompts row); 3 weights unavailable (offline, checksum, missing, empty or unreadable
+checkpoint); 130 interrupted (Ctrl+C); 143 terminated (SIGTERM). Errors go to stderr as one
+message; ``--debug`` adds the traceback. Interrupted or failed runs leave no partial output.
+docs/cli.md has the details.
 """
 
 from __future__ import annotations
@@ -17,27 +19,22 @@ import argparse
 import glob
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import traceback
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from . import weights
 from .engine.frames import FrameSourceError
+from .engine.labels import LabelError
 from .engine.prompts import PromptError
-from .io import (
-    InputError,
-    add_prompts,
-    label_counts,
-    label_dtype,
-    label_output,
-    open_stack,
-    read_prompts,
-    stack_stem,
-)
-from .model.checkpoint import CheckpointError
+from .engine.video import frames_in
+from .io import InputError, stack_stem
+from .jobs import CheckedJob, JobResult, SegmentOptions, check_job, plan_jobs, run_job
+from .model.checkpoint import CheckpointError, DeviceError
 from .model.config import DEFAULT_MODEL, MODEL_NAMES
 
 EXIT_OK = 0
@@ -45,6 +42,7 @@ EXIT_UNEXPECTED = 1
 EXIT_INPUT = 2
 EXIT_WEIGHTS = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a job ended by `kill`
 
 PROG = "napari-sam2"
 
@@ -75,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Segment and track objects in image stacks with SAM 2 (napari-sam2).",
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad usage or input, 3 weights "
-        "unavailable, 130 interrupted. See docs/cli.md.",
+        epilog="Exit codes: 0 ok, 1 I/O or unexpected error, 2 bad usage or input, 3 weights "
+        "unavailable, 130 interrupted (Ctrl+C), 143 terminated (SIGTERM). See docs/cli.md.",
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -222,6 +220,16 @@ def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------ main
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, ``timeout``, a batch scheduler ending the job). A
+    BaseException, like KeyboardInterrupt, so that nothing catches it by accident and every
+    ``finally`` on the way out cleans up (partial label files, spilled memory)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -230,17 +238,32 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else EXIT_INPUT
     debug = getattr(args, "debug", False)
+    previous = _handle_sigterm()
     try:
         return args.run(args)
     except KeyboardInterrupt:
         _print_error("interrupted; no partial output was kept", debug)
         return EXIT_INTERRUPTED
-    except (InputError, PromptError, FrameSourceError) as e:
+    except Terminated:
+        _print_error("terminated (SIGTERM); no partial output was kept", debug)
+        return EXIT_TERMINATED
+    except (InputError, PromptError, FrameSourceError, LabelError, DeviceError) as e:
         _print_error(str(e), debug)
         return EXIT_INPUT
     except (weights.WeightsError, CheckpointError) as e:
         _print_error(str(e), debug)
         return EXIT_WEIGHTS
+    except PermissionError as e:  # a file or folder the user may not read or write
+        _print_error(f"permission denied: {e.filename or e}", debug)
+        return EXIT_INPUT
+    except OSError as e:  # a full disk, a file-size limit, a vanished network share
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _print_error(
+            f"I/O error{where}: {e.strerror or e}; the output being written was discarded and "
+            "any previous output at that path is kept",
+            debug,
+        )
+        return EXIT_UNEXPECTED
     except Exception as e:
         _print_error(
             f"unexpected error: {type(e).__name__}: {e}"
@@ -248,6 +271,17 @@ def main(argv: list[str] | None = None) -> int:
             debug,
         )
         return EXIT_UNEXPECTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handle_sigterm():
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only); returns
+    the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _print_error(message: str, debug: bool) -> None:
@@ -262,29 +296,39 @@ def _log(message: str, quiet: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------------------- segment
-@dataclass(frozen=True)
-class _Job:
-    stack: Path
-    prompts: Path
-    output: Path
-
-
 def _segment(args: argparse.Namespace) -> int:
-    jobs = _plan_jobs(args)
+    options = SegmentOptions(
+        direction=args.direction,
+        axis=args.axis,
+        index=args.index,
+        start=args.start,
+        stop=args.stop,
+        image_size=args.image_size,
+        channel=args.channel,
+        overwrite=args.overwrite,
+        spill_dir=args.spill_dir,
+    )
+    to_folder = True if str(args.output).endswith(("/", os.sep)) else None
+    jobs = plan_jobs(
+        _expand(args.stacks),
+        Path(args.prompts),
+        Path(args.output),
+        fmt=args.format,
+        overwrite=args.overwrite,
+        to_folder=to_folder,
+    )
     device = _check_device(args.device)
-    for job in jobs:  # everything that can be checked without the model, before it runs
-        stack = open_stack(job.stack, axis=args.axis, index=args.index)
-        try:
-            read_prompts(job.prompts, stack)
-        finally:
-            stack.close()
+    checked = [check_job(job, options) for job in jobs]  # everything, before the model loads
+    _check_checkpoint(args)
+    for job in jobs:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
     model = _load_model(args, device)
     started = time.perf_counter()
     frames = 0
-    for i, job in enumerate(jobs, start=1):
+    for i, job in enumerate(checked, start=1):
         if len(jobs) > 1:
-            _log(f"[{i}/{len(jobs)}] {job.stack}", args.quiet)
-        frames += _segment_one(model, job, args)
+            _log(f"[{i}/{len(jobs)}] {job.job.stack}", args.quiet)
+        frames += _segment_one(model, job, options, args.quiet)
     if len(jobs) > 1:
         elapsed = time.perf_counter() - started
         print(f"done: {len(jobs)} stacks, {frames} frames in {elapsed:.1f} s")
@@ -305,64 +349,22 @@ def _expand(patterns: list[str]) -> list[Path]:
     return paths
 
 
-def _plan_jobs(args: argparse.Namespace) -> list[_Job]:
-    stacks = _expand(args.stacks)
-    for s in stacks:
-        if not s.exists():
-            raise InputError(f"stack not found: {s}")
-    prompts = Path(args.prompts)
-    if not prompts.exists():
-        raise InputError(f"prompts file not found: {prompts}")
-    out = Path(args.output)
-    to_folder = (
-        len(stacks) > 1
-        or str(args.output).endswith(("/", os.sep))
-        or (out.is_dir() and out.suffix.lower() != ".zarr")
-    )
-    jobs = []
-    seen: dict[Path, Path] = {}
-    for stack in stacks:
-        stem = stack_stem(stack)
-        csv = prompts / f"{stem}.csv" if prompts.is_dir() else prompts
-        if not csv.is_file():
-            raise InputError(f"no prompts for {stack}: {csv} not found")
-        target = out / f"{stem}_labels.{args.format}" if to_folder else out
-        if target in seen:
-            raise InputError(
-                f"{seen[target]} and {stack} would both write {target}; give stacks distinct names"
-            )
-        seen[target] = stack
-        if target.resolve() == stack.resolve():
-            raise InputError(f"output {target} is the input stack itself; choose another name")
-        if target.exists() and not args.overwrite:
-            raise InputError(f"output {target} exists; pass --overwrite to replace it")
-        if not to_folder and target.suffix.lower() not in (".tif", ".tiff", ".zarr"):
-            raise InputError(f"output {target}: the name must end in .tif, .tiff or .zarr")
-        jobs.append(_Job(stack, csv, target))
-    if to_folder:
-        out.mkdir(parents=True, exist_ok=True)
-    return jobs
-
-
 def _check_device(device: str | None):
-    import torch
-
     from .model.checkpoint import pick_device
 
     try:
-        chosen = pick_device(device)
-    except RuntimeError as e:
-        raise InputError(f"--device {device!r} is not a device: {e}") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"--device {device}: Apple MPS is not available on this machine")
-    return chosen
+        return pick_device(device)
+    except DeviceError as e:
+        raise InputError(f"--device: {e}") from None
+
+
+def _check_checkpoint(args: argparse.Namespace) -> None:
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise WeightsUnavailable(f"checkpoint file not found: {args.checkpoint}")
 
 
 def _load_model(args: argparse.Namespace, device):
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise WeightsUnavailable(f"checkpoint file not found: {args.checkpoint}")
+    _check_checkpoint(args)
     _log(f"loading {args.model} (image size {args.image_size}) on {device}", args.quiet)
     return weights.load_model(
         args.model,
@@ -374,62 +376,28 @@ def _load_model(args: argparse.Namespace, device):
     )
 
 
-def _segment_one(model, job: _Job, args: argparse.Namespace) -> int:
+def _segment_one(model, checked: CheckedJob, options: SegmentOptions, quiet: bool) -> int:
     """Track one stack into its label file; print its summary; return the frames tracked."""
     from tqdm.auto import tqdm
 
-    from .engine.labels import track_to_labels
-    from .engine.video import VideoTracker, frames_in
-
-    started = time.perf_counter()
-    stack = open_stack(job.stack, axis=args.axis, index=args.index)
-    tracker = None
-    try:
-        prompts = read_prompts(job.prompts, stack)
-        obj_ids = sorted({p.obj_id for p in prompts})
-        tracker = VideoTracker(model, stack.frames, channel=args.channel, spill_dir=args.spill_dir)
-        add_prompts(tracker, prompts, job.prompts)
-        try:
-            passes = tracker.plan(args.direction, args.start, args.stop)
-        except ValueError as e:
-            raise InputError(f"{job.stack}: {e}") from None
-        total = frames_in(passes)
-        tracked = {
-            f for first, last, _ in passes for f in range(min(first, last), max(first, last) + 1)
-        }
-        dtype = label_dtype(max(obj_ids))
-        with (
-            label_output(job.output, stack.label_shape, dtype, overwrite=args.overwrite) as labels,
-            tqdm(total=total, desc=stack_stem(job.stack), unit="frame", disable=args.quiet) as bar,
-        ):
-            track_to_labels(
-                tracker,
-                labels,
-                direction=args.direction,
-                start=args.start,
-                stop=args.stop,
-                progress=lambda done, _total: bar.update(1),
-            )
-            voxels, present = label_counts(labels, max(obj_ids) + 1)
-    finally:
-        if tracker is not None:
-            tracker.close()
-        stack.close()
-    elapsed = time.perf_counter() - started
-    _print_summary(job, stack, obj_ids, sorted(tracked), voxels, present, elapsed)
-    return len(tracked)
+    job = checked.job
+    total = frames_in(list(checked.passes))
+    with tqdm(total=total, desc=stack_stem(job.stack), unit="frame", disable=quiet) as bar:
+        result = run_job(model, checked, options, lambda done, _total: bar.update(1))
+    _print_summary(result)
+    return len(result.tracked_frames)
 
 
-def _print_summary(job, stack, obj_ids, tracked, voxels, present, elapsed) -> None:
+def _print_summary(result: JobResult) -> None:
+    tracked, elapsed = result.tracked_frames, result.seconds
     frames = f"{len(tracked)} frames ({tracked[0]}-{tracked[-1]})" if tracked else "0 frames"
     print(
-        f"{job.stack} -> {job.output}: {len(obj_ids)} objects, {frames} of {stack.num_frames}, "
-        f"{elapsed:.1f} s ({elapsed / max(1, len(tracked)):.2f} s/frame)"
+        f"{result.job.stack} -> {result.job.output}: {len(result.obj_ids)} objects, {frames} of "
+        f"{result.num_frames}, {elapsed:.1f} s ({elapsed / max(1, len(tracked)):.2f} s/frame)"
     )
     print(f"  {'object':>8} {'voxels':>12} {'frames':>7}")
-    for obj_id in obj_ids:
-        n = int(voxels[obj_id]) if obj_id < len(voxels) else 0
-        f = int(present[obj_id]) if obj_id < len(present) else 0
+    for obj_id in result.obj_ids:
+        n, f = result.counts.get(obj_id, (0, 0))
         print(f"  {obj_id:>8} {n:>12,} {f:>7}" + ("  (not found)" if n == 0 else ""))
 
 
@@ -460,7 +428,25 @@ def _download(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ view
+def _check_display() -> None:
+    """napari needs a screen. Without one, Qt aborts the process (exit -6) with a message that
+    does not say what to do: say it here, before anything loads."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return  # macOS and Windows always have a screen; an explicit Qt platform is trusted
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    raise InputError(
+        "napari needs a display, and none was found (DISPLAY and WAYLAND_DISPLAY are unset). "
+        "Run `view` in a desktop session (or over `ssh -X`), under a virtual screen with "
+        "`xvfb-run -a napari-sam2 view ...`, or segment without a viewer with "
+        "`napari-sam2 segment` (docs/cli.md)"
+    )
+
+
 def _view(args: argparse.Namespace) -> int:
+    _check_display()
+    if args.image and not Path(args.image).exists():
+        raise InputError(f"image not found: {args.image}")
     checkpoint = args.checkpoint
     if checkpoint is None:
         checkpoint = str(weights.fetch(args.model, cache_dir=args.cache_dir))

@@ -7,24 +7,9 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-import torch
 import zarr
 
 import napari_sam2 as ns
-from napari_sam2.model import CONFIGS, SAM2Model
-
-
-@pytest.fixture(scope="module")
-def mini_model():
-    """sam2.1_hiera_tiny at a 128-pixel input: every part of the network runs, ~20 ms a frame."""
-    from official import randomize_
-
-    torch.manual_seed(0)
-    model = SAM2Model(CONFIGS["sam2.1_hiera_tiny"].with_image_size(128))
-    randomize_(model, seed=2)
-    with torch.no_grad():  # mostly "object present", so masks are real
-        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias += 1.0
-    return model.eval()
 
 
 def moving_disc(t=20, h=40, w=56, dtype=np.uint8):

@@ -10,7 +10,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .preprocess import DEFAULT_PERCENTILES, IntensityWindow, prepare_video_frame
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    IntensityWindow,
+    check_frame_layout,
+    prepare_video_frame,
+    select_channels,
+)
 
 _WINDOW_SAMPLE_FRAMES = 8
 
@@ -47,7 +53,7 @@ class FrameSource:
                 )
             first = np.asarray(frames[0])
             shape = (len(frames), *first.shape)
-            dtype = first.dtype
+            dtype = _common_dtype(frames)
         else:
             dtype = np.dtype(getattr(frames, "dtype", np.float32))
         shape = tuple(int(s) for s in shape)
@@ -59,6 +65,10 @@ class FrameSource:
             )
         if shape[0] == 0:
             raise FrameSourceError("the stack has no frames (T = 0)")
+        try:
+            check_frame_layout(shape[1:], dtype, channel)
+        except ValueError as e:
+            raise FrameSourceError(f"stack of shape {shape}, dtype {dtype}: {e}") from None
         self.frames = frames
         self.shape = shape
         self.dtype = dtype
@@ -67,9 +77,13 @@ class FrameSource:
         self.percentiles = percentiles
         self.reads = 0  # frames read so far (for tests and diagnostics)
         if window is None and dtype not in (np.uint8, np.bool_):
+            # On what SAM 2 will see: the chosen channel of multichannel data, not all of them.
             picks = np.unique(np.linspace(0, len(self) - 1, _WINDOW_SAMPLE_FRAMES).astype(int))
-            sample = np.stack([self.read(int(t)) for t in picks])
-            window = IntensityWindow.from_percentiles(sample, percentiles)
+            sample = np.stack([self._checked(int(t), select_channels) for t in picks])
+            try:
+                window = IntensityWindow.from_percentiles(sample, percentiles)
+            except ValueError as e:
+                raise FrameSourceError(f"cannot set the stack's intensity window: {e}") from None
         self.window = window
 
     def __len__(self) -> int:
@@ -91,7 +105,7 @@ class FrameSource:
         return int(frame)
 
     def read(self, t: int) -> np.ndarray:
-        """Frame ``t`` as a numpy array, checked against the stack's shape."""
+        """Frame ``t`` as a numpy array, checked against the stack's shape and dtype."""
         frame = np.asarray(self.frames[t])
         self.reads += 1
         if frame.shape != self.shape[1:]:
@@ -99,17 +113,49 @@ class FrameSource:
                 f"frame {t} has shape {frame.shape}, but the stack's frames are {self.shape[1:]}; "
                 "all frames must have the same shape"
             )
+        if frame.dtype != self.dtype:
+            raise FrameSourceError(
+                f"frame {t} has dtype {frame.dtype}, but the stack is {self.dtype}; all frames "
+                "must have the same dtype (convert them, e.g. frame.astype(np.float32))"
+            )
         return frame
 
     def prepare(self, t: int) -> torch.Tensor:
         """Frame ``t`` as the model's (1, 3, S, S) input."""
-        return prepare_video_frame(
-            self.read(t),
-            image_size=self.image_size,
-            channel=self.channel,
-            window=self.window,
-            percentiles=self.percentiles,
+        return self._checked(
+            t,
+            lambda frame, channel: prepare_video_frame(
+                frame,
+                image_size=self.image_size,
+                channel=channel,
+                window=self.window,
+                percentiles=self.percentiles,
+            ),
         )
+
+    def _checked(self, t: int, step):
+        """``step(frame t, channel)``, with a bad frame's ValueError naming the frame."""
+        frame = self.read(t)
+        try:
+            return step(frame, self.channel)
+        except FrameSourceError:
+            raise
+        except ValueError as e:
+            raise FrameSourceError(f"frame {t}: {e}") from None
+
+
+def _common_dtype(frames) -> np.dtype:
+    """The one dtype of a list of frames; mixed dtypes are refused (one window, one meaning)."""
+    dtypes = [np.dtype(f.dtype if hasattr(f, "dtype") else np.asarray(f).dtype) for f in frames]
+    if len(set(dtypes)) > 1:
+        first = dtypes[0]
+        odd = next(i for i, d in enumerate(dtypes) if d != first)
+        raise FrameSourceError(
+            f"the frames have mixed dtypes ({', '.join(sorted({str(d) for d in dtypes}))}): "
+            f"frame 0 is {first}, frame {odd} is {dtypes[odd]}; convert them to one dtype first "
+            "(e.g. [f.astype(np.float32) for f in frames])"
+        )
+    return dtypes[0]
 
 
 class Prefetcher:
@@ -132,7 +178,12 @@ class Prefetcher:
 
     def get(self, t: int) -> torch.Tensor:
         future = self._futures.pop(t, None)
-        return future.result() if future is not None else self._prepare(t)
+        if future is not None:
+            try:
+                return future.result()
+            except Exception:  # prepared in the background a while ago: the source may have
+                pass  # recovered since (a network share back); read again, and fail only now
+        return self._prepare(t)
 
     def close(self) -> None:
         for future in self._futures.values():

@@ -23,8 +23,9 @@ class Prediction:
     """Masks for one prompt.
 
     masks: (K, H, W) bool at the image's resolution; scores: (K,) predicted IoU;
-    logits: (K, 256, 256) float32 low-resolution logits, clamped to ±32 — pass one of them
-    back as ``mask_input`` to refine. K is 3 with ``multimask=True`` and 1 otherwise.
+    logits: (K, L, L) float32 low-resolution logits, clamped to ±32, with L = image_size / 4
+    (256 at the official 1024 input, 64 at 256) — pass one of them back as ``mask_input`` to
+    refine. K is 3 with ``multimask=True`` and 1 otherwise.
     """
 
     masks: np.ndarray
@@ -106,8 +107,8 @@ class ImagePredictor:
         """Masks for one object.
 
         points: (N, 2) (row, col) pixels; labels: (N,) 1 positive / 0 negative;
-        box: (min_row, min_col, max_row, max_col); mask_input: (256, 256) or (1, 256, 256)
-        low-res logits from a previous :class:`Prediction`. Any combination works.
+        box: (min_row, min_col, max_row, max_col); mask_input: (L, L) or (1, L, L) low-res
+        logits from a previous :class:`Prediction` (L = image_size / 4). Any combination works.
         multimask: three hypotheses (best for one ambiguous click) or one mask.
         """
         if self._embedding is None:
@@ -117,11 +118,22 @@ class ImagePredictor:
         size = model.sam_prompt_encoder.mask_input_size
         mask = None
         if mask_input is not None:
-            mask = np.asarray(mask_input, dtype=np.float32)
+            try:
+                mask = np.asarray(mask_input, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise PromptError(
+                    f"mask_input must be low-res logits (numbers) of shape ({size}, {size}) — "
+                    f"one of Prediction.logits — got {type(mask_input).__name__}"
+                ) from None
             if mask.shape not in ((size, size), (1, size, size)):
                 raise PromptError(
                     f"mask_input must be low-res logits of shape ({size}, {size}) or "
                     f"(1, {size}, {size}) — one of Prediction.logits — got {mask.shape}"
+                )
+            if not np.isfinite(mask).all():
+                raise PromptError(
+                    "mask_input contains NaN or infinite values; pass one of Prediction.logits "
+                    "(finite, clamped to ±32) or leave mask_input out"
                 )
             mask = torch.from_numpy(mask.reshape(1, 1, size, size)).to(model.device)
         coords, lbl = to_model_points(prompt, self._shape, model.config.image_size, model.device)

@@ -37,6 +37,51 @@ def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
     return np.where(owned, new, current)
 
 
+class LabelError(ValueError):
+    """A label array that cannot take the results: wrong shape, a dtype too small for the
+    object ids, or not writable. Raised before anything is tracked or written."""
+
+
+def check_labels(labels, shape: tuple[int, int, int], obj_ids=(), *, writable: bool = True) -> None:
+    """Check that ``labels`` can receive the results of a (T, H, W) ``shape`` stack with
+    ``obj_ids``, before any frame is tracked: shape, integer dtype wide enough for every id,
+    and (with ``writable``) that it accepts writes. Raises :class:`LabelError`."""
+    got = getattr(labels, "shape", None)
+    if got is None or len(got) != 3:
+        raise LabelError(f"labels must be a (T, H, W) array, got shape {got}")
+    if tuple(got) != tuple(shape):
+        what = "too short" if got[0] < shape[0] and tuple(got[1:]) == shape[1:] else "wrong"
+        raise LabelError(
+            f"labels of shape {tuple(got)} are {what} for the stack: expected {tuple(shape)} "
+            "(T, H, W), one label frame per stack frame"
+        )
+    dtype = np.dtype(labels.dtype)
+    if not np.issubdtype(dtype, np.integer):
+        raise LabelError(f"labels must have an integer dtype, got {dtype}")
+    too_big = [i for i in obj_ids if not np.iinfo(dtype).min <= i <= np.iinfo(dtype).max]
+    if too_big:
+        raise LabelError(
+            f"object id(s) {too_big[:5]} do not fit {dtype} labels (at most "
+            f"{np.iinfo(dtype).max:,}); use a wider dtype, e.g. "
+            f"{label_dtype_for(max(too_big))}, or smaller ids"
+        )
+    if writable:
+        flags = getattr(labels, "flags", None)
+        if (flags is not None and not flags.writeable) or getattr(labels, "read_only", False):
+            raise LabelError(
+                "the labels array is read-only; pass a writable array (e.g. labels.copy(), or "
+                "open the zarr/TIFF for writing)"
+            )
+
+
+def label_dtype_for(max_id: int) -> np.dtype:
+    """The smallest unsigned dtype, from uint16 up, that holds ``max_id``."""
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        if max_id <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise LabelError(f"object id {max_id} does not fit any label dtype (uint64 at most)")
+
+
 class LabelSink:
     """Writes :class:`FrameResult` s into ``labels`` (T, H, W): numpy, zarr, or anything that
     supports ``labels[t]`` reads and ``labels[t] = ...`` writes.
@@ -48,11 +93,11 @@ class LabelSink:
 
     def __init__(self, labels) -> None:
         if len(getattr(labels, "shape", ())) != 3:
-            raise ValueError(
+            raise LabelError(
                 f"labels must be a (T, H, W) array, got shape {getattr(labels, 'shape', None)}"
             )
         if not np.issubdtype(np.dtype(labels.dtype), np.integer):
-            raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
+            raise LabelError(f"labels must have an integer dtype, got {labels.dtype}")
         self.labels = labels
         self.frames_written = 0
 
@@ -70,15 +115,21 @@ def track_to_labels(
     stop: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ):
-    """Propagate and write every frame into ``labels`` (created as uint32 zeros when None).
+    """Propagate and write every frame into ``labels`` (created when None: uint16, or wider
+    when the object ids need it).
 
-    ``progress(done, total)`` is called after each frame. Returns ``labels``. Interrupting
-    (KeyboardInterrupt, or an exception from ``progress``) leaves the frames written so far.
+    Everything that can fail before tracking does so before the first frame is computed: the
+    propagation range, and the labels' shape, dtype (wide enough for every object id) and
+    writability (:class:`LabelError`). ``progress(done, total)`` is called after each frame.
+    Returns ``labels``. Interrupting (KeyboardInterrupt, or an exception from ``progress``)
+    leaves the frames written so far.
     """
-    if labels is None:
-        labels = np.zeros((tracker.num_frames, *tracker.frame_shape), dtype=np.uint32)
-    sink = LabelSink(labels)
     passes = tracker.plan(direction, start, stop)
+    shape = (tracker.num_frames, *tracker.frame_shape)
+    if labels is None:
+        labels = np.zeros(shape, dtype=label_dtype_for(max(tracker.obj_ids)))
+    check_labels(labels, shape, tracker.obj_ids)
+    sink = LabelSink(labels)
     total = frames_in(passes)
     for done, result in enumerate(tracker.propagate(direction, start, stop), start=1):
         sink.write(result)

@@ -34,6 +34,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+MIN_SIDE = 8  # smaller frames are almost always a channel axis taken for a spatial one
+# float64 holds every integer up to 2**53 exactly; beyond it, integers are offset before scaling.
+_EXACT_IN_FLOAT64 = 2**53
+# Interpolating between floats beyond this (b - a) can overflow float64.
+_HUGE_FLOAT = 1e300
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -93,18 +98,69 @@ class IntensityWindow:
                 "cannot compute an intensity window: the data hold no finite value "
                 f"(shape {values.shape}); replace NaN/inf with np.nan_to_num or pass a window"
             )
+        pcts = [low_pct, high_pct]
+        if np.issubdtype(flat.dtype, np.integer) and _beyond_float64(flat):
+            # 64-bit integers beyond 2**53 (e.g. a small range on a huge offset) would collapse
+            # in float64: take percentiles of the exact offsets from the minimum, and keep the
+            # window's ends as exact integers.
+            origin = int(flat.min())
+            p_low, p_high = np.percentile(_offsets(flat, origin), pcts)
+            low, high = origin + math.floor(p_low), origin + math.ceil(p_high)
+            return cls(low, high if high > low else low + 1)
         # In float64: float32 or float16 data could overflow while percentiles interpolate.
         sample = flat.astype(np.float64, copy=False)
-        low, high = (float(v) for v in np.percentile(sample, [low_pct, high_pct]))
+        peak = float(np.abs(sample).max())
+        if peak > _HUGE_FLOAT:  # interpolation computes b - a, which may overflow: scale first
+            low, high = (float(v) * peak for v in np.percentile(sample / peak, pcts))
+        else:
+            low, high = (float(v) for v in np.percentile(sample, pcts))
         if not high > low:
             # A constant image maps to zeros. nextafter: for |low| > 2**53, low + 1 == low.
             high = max(low + 1.0, float(np.nextafter(low, np.inf)))
+            if not math.isfinite(high):  # low is the largest float
+                low, high = float(np.nextafter(low, -np.inf)), low
         return cls(low, high)
 
     def apply(self, data: np.ndarray) -> np.ndarray:
-        """``(data - low) / (high - low)`` clipped to [0, 1], as float32."""
-        scaled = (np.asarray(data, dtype=np.float64) - self.low) / (self.high - self.low)
+        """``(data - low) / (high - low)`` clipped to [0, 1], as float32.
+
+        Exact for any data: 64-bit integers are offset before they become floats, and a window
+        whose width overflows float64 is halved first."""
+        data = np.asarray(data)
+        low, high = self.low, self.high
+        if (
+            np.issubdtype(data.dtype, np.integer)
+            and data.dtype.itemsize == 8
+            and float(low).is_integer()
+            and np.iinfo(data.dtype).min <= low <= np.iinfo(data.dtype).max
+        ):
+            span = float(int(high) - int(low)) if float(high).is_integer() else high - low
+            scaled = _offsets(data, int(low)) / span
+        else:
+            values = data.astype(np.float64, copy=False)
+            span = float(high) - float(low)
+            if math.isfinite(span):
+                with np.errstate(over="ignore"):  # far outside the window: ±inf, clipped below
+                    scaled = (values - low) / span
+            else:  # ends near the float64 limits: halve everything, the ratio is the same
+                scaled = (values / 2 - low / 2) / (high / 2 - low / 2)
         return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
+def _beyond_float64(values: np.ndarray) -> bool:
+    """Whether integer ``values`` hold a magnitude float64 cannot represent exactly."""
+    return values.dtype.itemsize == 8 and (
+        int(values.max()) > _EXACT_IN_FLOAT64 or int(values.min()) < -_EXACT_IN_FLOAT64
+    )
+
+
+def _offsets(values: np.ndarray, origin: int) -> np.ndarray:
+    """``values - origin`` as float64 for integer ``values``, exact until the final rounding
+    (the subtraction is done in wrap-around uint64 arithmetic); values below ``origin`` give 0.
+    ``origin`` must lie in the range of the values' dtype."""
+    o = np.array(origin, dtype=values.dtype)
+    diff = values.astype(np.uint64) - o.astype(np.uint64)
+    return np.where(values >= o, diff, np.uint64(0)).astype(np.float64)
 
 
 def to_rgb_unit(
@@ -136,10 +192,10 @@ def to_rgb_unit(
         (H, W, 3) float32 array in [0, 1].
 
     Raises:
-        ValueError: wrong number of dimensions, an empty or 1-pixel-wide frame, an out-of-range
-            ``channel``, complex or non-numeric data, or NaN/inf values.
+        ValueError: wrong number of dimensions, an empty frame or one below 8x8 pixels, an
+            out-of-range ``channel``, complex or non-numeric data, or NaN/inf values.
     """
-    image = _checked_channels(frame, channel)  # (H, W) gray or (H, W, 3) RGB
+    image = select_channels(frame, channel)  # (H, W) gray or (H, W, 3) RGB
 
     if image.dtype == np.uint8:
         # float32 / 255 is correctly rounded in numpy and torch alike: identical to ToTensor.
@@ -216,7 +272,7 @@ def prepare_video_frame(
         return prepare_image(
             image, image_size=image_size, channel=channel, window=window, percentiles=percentiles
         )
-    rgb = _checked_channels(image, channel)
+    rgb = select_channels(image, channel)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
     resized = Image.fromarray(np.ascontiguousarray(rgb)).resize(
@@ -234,33 +290,52 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
-def _checked_channels(frame: np.ndarray, channel: int) -> np.ndarray:
-    """Validate one frame and reduce it to (H, W) gray or (H, W, 3) RGB, dtype unchanged."""
-    image = np.asarray(frame)
-    _check_numeric_dtype(image.dtype)
-    if image.ndim not in (2, 3):
+def check_frame_layout(shape: tuple[int, ...], dtype, channel: int = 0) -> None:
+    """Check a frame's shape (H, W) or (H, W, C) and dtype without reading its pixels.
+
+    Raises ValueError with what to change: wrong number of dimensions, an empty frame, a side
+    below :data:`MIN_SIDE` (with a hint when the data look channels-first), an out-of-range
+    ``channel``, complex or non-numeric data."""
+    _check_numeric_dtype(np.dtype(dtype))
+    if len(shape) not in (2, 3):
         raise ValueError(
-            f"expected one 2-D frame of shape (H, W) or (H, W, C), got shape {image.shape}; "
+            f"expected one 2-D frame of shape (H, W) or (H, W, C), got shape {shape}; "
             "index a stack down to one frame first (e.g. stack[t])"
         )
-    if 0 in image.shape:
-        raise ValueError(f"the frame is empty (shape {image.shape})")
-    height, width = image.shape[:2]
-    if height < 2 or width < 2:
+    if 0 in shape:
+        raise ValueError(f"the frame is empty (shape {shape})")
+    height, width = shape[:2]
+    if height < MIN_SIDE or width < MIN_SIDE:
+        hint = ""
+        if len(shape) == 3 and shape[2] >= MIN_SIDE and height <= 4:
+            hint = (
+                f"; it looks channels-first ({height} channels of {width}x{shape[2]} pixels): "
+                "move the channel axis last, e.g. np.moveaxis(image, 0, -1) for an image or "
+                "np.moveaxis(stack, 1, -1) for a (T, C, H, W) stack"
+            )
         raise ValueError(
-            f"SAM 2 needs an image of at least 2x2 pixels, got {height}x{width} "
-            f"(shape {image.shape}); if channels come first, move them last (np.moveaxis)"
+            f"SAM 2 needs frames of at least {MIN_SIDE}x{MIN_SIDE} pixels, got {height}x{width} "
+            f"(shape {shape}){hint}"
+        )
+    if len(shape) == 3 and shape[2] not in (1, 3, 4) and not 0 <= channel < shape[2]:
+        raise ValueError(
+            f"channel {channel} is out of range for an image with {shape[2]} channels "
+            f"(shape {shape}); pass channel=0..{shape[2] - 1}"
         )
 
-    image = _select_channels(image, channel)
 
+def select_channels(frame: np.ndarray, channel: int = 0) -> np.ndarray:
+    """Validate one frame and reduce it to what SAM 2 sees: (H, W) gray or (H, W, 3) RGB,
+    dtype unchanged. The intensity window of a stack is computed on this."""
+    image = np.asarray(frame)
+    check_frame_layout(image.shape, image.dtype, channel)
+    image = _select_channels(image, channel)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise ValueError(
             f"the frame contains {n_bad} NaN or infinite value(s); replace them first, e.g. "
             "with np.nan_to_num(frame, nan=..., posinf=..., neginf=...), or mask them out"
         )
-
     return image
 
 
@@ -275,11 +350,6 @@ def _select_channels(image: np.ndarray, channel: int) -> np.ndarray:
         return image[:, :, :3]
     if n_channels == 1:
         return image[:, :, 0]
-    if not 0 <= channel < n_channels:
-        raise ValueError(
-            f"channel {channel} is out of range for an image with {n_channels} channels "
-            f"(shape {image.shape}); pass channel=0..{n_channels - 1}"
-        )
     return image[:, :, channel]
 
 

@@ -39,7 +39,7 @@ class Prompt:
     def build(cls, shape: tuple[int, int], points=None, labels=None, box=None) -> Prompt:
         """Validate user input for an image of ``shape`` (H, W)."""
         h, w = shape
-        pts = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=np.float64)
+        pts = np.zeros((0, 2)) if points is None else _numbers(points, "points", "(row, col)")
         if pts.ndim == 1 and pts.size == 2:
             pts = pts[None]
         if pts.ndim != 2 or pts.shape[1] != 2:
@@ -63,7 +63,7 @@ class Prompt:
             _check_inside(r, c, h, w, "point")
         bx = None
         if box is not None:
-            bx = np.asarray(box, dtype=np.float64).reshape(-1)
+            bx = _numbers(box, "a box", "(min_row, min_col, max_row, max_col)").reshape(-1)
             if bx.shape != (4,) or not np.isfinite(bx).all():
                 raise PromptError(
                     f"a box is (min_row, min_col, max_row, max_col), got {np.asarray(box).tolist()}"
@@ -76,6 +76,75 @@ class Prompt:
             _check_inside(bx[0], bx[1], h, w, "box corner")
             _check_inside(bx[2], bx[3], h, w, "box corner")
         return cls(pts, lbl, bx)
+
+
+def _numbers(values, what: str, layout: str) -> np.ndarray:
+    """``values`` as a float64 array, or a PromptError saying they are not numbers."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(
+            f"{what} must be numbers {layout} in pixels, got {_shorten(values)}"
+        ) from None
+    return array
+
+
+def _shorten(values, limit: int = 80) -> str:
+    text = repr(values)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray:
+    """A user's mask prompt as an (H, W) bool array, validated.
+
+    Accepted: bool; integers holding only 0 and 1; floats in [0, 1], read as probabilities:
+    the mask is ``mask >= 0.5`` (so a probability map and its thresholded copy are the same
+    prompt). Refused with a :class:`PromptError`: another shape, NaN or inf, integers other
+    than 0/1 (a label image: pass ``labels == obj_id``), floats outside [0, 1] (logits: pass
+    ``logits > 0``), and a mask with nothing in it."""
+    try:
+        m = np.asarray(mask)
+    except (TypeError, ValueError) as e:
+        raise PromptError(f"a mask prompt must be an (H, W) array, got {_shorten(mask)}") from e
+    if m.shape != tuple(shape):
+        raise PromptError(
+            f"a mask prompt must have the frame's shape {tuple(shape)}, got {m.shape}"
+        )
+    if m.dtype == np.bool_:
+        values = m
+    elif np.issubdtype(m.dtype, np.integer):
+        if not np.isin(m, (0, 1)).all():
+            found = np.unique(m)
+            raise PromptError(
+                f"an integer mask prompt must hold only 0 and 1, found values {found[:6]}"
+                f"{' ...' if len(found) > 6 else ''}; for one object of a label image pass "
+                "labels == obj_id"
+            )
+        values = m == 1
+    elif np.issubdtype(m.dtype, np.floating):
+        if not np.isfinite(m).all():
+            raise PromptError(
+                "the mask prompt contains NaN or infinite values; pass a bool mask "
+                "(e.g. np.nan_to_num(prob) >= 0.5)"
+            )
+        lo, hi = float(m.min()), float(m.max())
+        if lo < 0 or hi > 1:
+            raise PromptError(
+                f"a float mask prompt must hold probabilities in [0, 1] (thresholded at 0.5), "
+                f"got values in [{lo:g}, {hi:g}]; for logits pass logits > 0, for a 0/255 image "
+                "pass image > 0"
+            )
+        values = m >= 0.5
+    else:
+        raise PromptError(
+            f"a mask prompt must be bool, 0/1 integers or probabilities in [0, 1], got dtype "
+            f"{m.dtype}"
+        )
+    if not values.any():
+        raise PromptError(
+            "the mask prompt is empty (no pixel is set); to remove an object use remove_object()"
+        )
+    return values
 
 
 def _check_inside(r: float, c: float, h: int, w: int, what: str) -> None:

@@ -106,9 +106,11 @@ class PromptSession:
             return {frame for frame, _ in self._synced}
 
     def embed(self, frame: int) -> None:
-        """Compute (and cache) the embedding of ``frame`` ahead of a click on it."""
+        """Compute (and cache) the embedding of ``frame`` ahead of a click on it. A no-op once
+        the session is closed: a background embedding may outlive its session."""
         with self.lock:
-            self.tracker.embed(frame)
+            if not self.tracker.closed:
+                self.tracker.embed(frame)
 
     def propagate(self, direction="forward", start=None, stop=None):
         """Like :meth:`VideoTracker.propagate`, holding the lock for each frame only."""

@@ -12,7 +12,7 @@ correction click on a tracked frame becomes a conditioning frame and survives re
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from ..model.sam2 import MEMORY_MASK_BIAS, MEMORY_MASK_SCALE, NO_OBJECT_LOGIT, I
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .preprocess import DEFAULT_PERCENTILES, IntensityWindow
-from .prompts import Prompt, PromptError, to_model_points
+from .prompts import Prompt, PromptError, mask_prompt, to_model_points
 
 DIRECTIONS = ("forward", "backward", "both")
 
@@ -84,6 +84,10 @@ class VideoTracker:
         self._objects: dict[int, ObjectMemory] = {}
         self._new_prompt_frames: set[int] = set()
         self._resume: dict[bool, int | None] = {False: None, True: None}
+        # The passes still to run of an interrupted propagate() call, keyed by its arguments:
+        # the same call continues them (and nothing else) as long as no prompt changed.
+        self._unfinished: tuple[tuple, list[tuple[int, int, bool]]] | None = None
+        self._closed = False
         # Object pointers reach back min(T, 16) - 1 frames; mask memories num_maskmem - 1.
         self._max_ptrs = min(len(self.source), cfg.max_obj_ptrs)
         self._history_capacity = max(cfg.num_maskmem, self._max_ptrs) + 1
@@ -141,6 +145,7 @@ class VideoTracker:
         later clicks in further calls). Object ids are positive integers; they become label
         values.
         """
+        self._check_open()
         frame = self.source.check_index(frame)
         obj_id = _check_obj_id(obj_id)
         shape = self.frame_shape
@@ -178,14 +183,17 @@ class VideoTracker:
         obj.prompts[frame] = prompt
         obj.pending[frame] = record
         self._new_prompt_frames.add(frame)
+        self._unfinished = None
         return self.result(frame)
 
     @torch.inference_mode()
     def clear_prompts(self, frame: int, obj_id: int) -> FrameResult:
         """Remove ``obj_id``'s prompt on ``frame``. Its result there is kept as an ordinary
         tracked frame until the next propagation recomputes it."""
+        self._check_open()
         frame = self.source.check_index(frame)
         obj = self._object(obj_id)
+        self._unfinished = None
         obj.prompts.pop(frame, None)
         obj.pending.pop(frame, None)
         record = obj.cond.pop(frame, None)
@@ -196,8 +204,10 @@ class VideoTracker:
 
     def remove_object(self, obj_id: int) -> None:
         """Forget an object entirely (prompts, memory, results)."""
+        self._check_open()
         self._object(obj_id).forget()
         del self._objects[obj_id]
+        self._unfinished = None
 
     def reset(self) -> None:
         """Forget all objects and prompts; keep the frame source."""
@@ -207,11 +217,25 @@ class VideoTracker:
         self._features.clear()
         self._new_prompt_frames.clear()
         self._resume = {False: None, True: None}
+        self._unfinished = None
 
     def close(self) -> None:
-        """Release the prefetch thread and spilled memory files."""
+        """Release the prefetch thread and spilled memory files. The tracker cannot be used
+        afterwards (closing twice is fine)."""
         self.reset()
         self._prefetch.close()
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                "this VideoTracker is closed (close() released its memory and threads); create a "
+                "new VideoTracker to track again"
+            )
 
     # ------------------------------------------------------------------ propagation
     def propagate(
@@ -229,38 +253,33 @@ class VideoTracker:
         ``start`` defaults to the earliest (forward) or latest (backward) frame prompted since
         the last propagation, or where an interrupted propagation stopped, or else the
         earliest/latest prompted frame. Stopping the iteration between frames (cancel) keeps
-        every result yielded so far; a later call continues from there.
+        every result yielded so far; the same call made again (same arguments, no prompt changed
+        in between) continues exactly where it stopped and gives what one uninterrupted call
+        gives — for ``both``, a finished forward pass is not run again.
         """
-        return self._propagate(self.plan(direction, start, stop))
+        passes = self.plan(direction, start, stop)
+        return self._propagate((direction, start, stop), passes)
 
     def plan(
         self, direction: str = "forward", start: int | None = None, stop: int | None = None
     ) -> list[tuple[int, int, bool]]:
         """The passes :meth:`propagate` would run, as (first, last, reverse) triples;
         :func:`frames_in` counts the frames it will yield (for progress bars)."""
+        self._check_open()
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        call = (direction, start, stop)
         start = None if start is None else self.source.check_index(start)
         stop = None if stop is None else self.source.check_index(stop)
         self._check_ready()
-        if direction == "both":
-            lo = 0 if start is None else start
-            hi = self.num_frames - 1 if stop is None else stop
-            if lo > hi:
-                raise ValueError(f"start {lo} is after stop {hi}")
-            fwd = max(lo, min(self._default_start(False), hi))
-            bwd = min(hi, max(self._default_start(True), lo))
-            return [(fwd, hi, False), (bwd, lo, True)]
-        reverse = direction == "backward"
-        first = self._default_start(reverse) if start is None else start
-        last = (0 if reverse else self.num_frames - 1) if stop is None else stop
-        if (first < last) if reverse else (first > last):
-            raise ValueError(f"{direction} propagation cannot go from frame {first} to {last}")
-        return [(first, last, reverse)]
+        if self._unfinished is not None and self._unfinished[0] == call:
+            return list(self._unfinished[1])
+        return plan_passes(direction, start, stop, self.num_frames, self._default_start)
 
-    def _propagate(self, passes):
-        for first, last, reverse in passes:
-            yield from self._pass(first, last, reverse)
+    def _propagate(self, call, passes):
+        for i, (first, last, reverse) in enumerate(passes):
+            yield from self._pass(first, last, reverse, call, passes[i + 1 :])
+        self._unfinished = None
         self._new_prompt_frames.clear()
 
     def _default_start(self, reverse: bool) -> int:
@@ -272,7 +291,8 @@ class VideoTracker:
         return max(candidates) if reverse else min(candidates)
 
     @torch.inference_mode()
-    def _pass(self, first: int, last: int, reverse: bool) -> Iterator[FrameResult]:
+    def _pass(self, first, last, reverse, call, later) -> Iterator[FrameResult]:
+        self._check_open()
         self._commit_pending()
         step = -1 if reverse else 1
         order = range(first, last + step, step)
@@ -282,7 +302,10 @@ class VideoTracker:
                 self._prefetch.request(order[i + 1])
             self._track_frame(frame, reverse)
             self._new_prompt_frames.discard(frame)
-            self._resume[reverse] = frame + step if i + 1 < len(order) else None
+            more = i + 1 < len(order)
+            self._resume[reverse] = frame + step if more else None
+            rest = [(frame + step, last, reverse)] if more else []
+            self._unfinished = (call, rest + list(later)) if rest or later else None
             yield self.result(frame)
         self._resume[reverse] = None
 
@@ -353,6 +376,7 @@ class VideoTracker:
     @torch.inference_mode()
     def embed(self, frame: int) -> None:
         """Compute and cache the embedding of ``frame`` (e.g. while the user looks at it)."""
+        self._check_open()
         self._embedding(self.source.check_index(frame))
 
     def _embedding(self, frame: int) -> ImageEmbedding:
@@ -371,23 +395,17 @@ class VideoTracker:
         if mask is not None:
             if points is not None or box is not None:
                 raise PromptError("give either a mask or points/box in one add_prompt call")
-            m = np.asarray(mask)
-            if m.shape != shape:
-                raise PromptError(
-                    f"a mask prompt must have the frame's shape {shape}, got {m.shape}"
-                )
-            if not m.any():
-                raise PromptError(
-                    f"the mask prompt for object {obj_id} on frame {frame} is empty; to remove "
-                    "the object use remove_object()"
-                )
-            t = torch.from_numpy(m.astype(bool)).float()[None, None].to(self.model.device)
+            try:
+                m = mask_prompt(mask, shape)
+            except PromptError as e:
+                raise PromptError(f"object {obj_id}, frame {frame}: {e}") from None
+            t = torch.from_numpy(m).float()[None, None].to(self.model.device)
             s = cfg.image_size
             if t.shape[-2:] != (s, s):
                 t = F.interpolate(
                     t, size=(s, s), mode="bilinear", align_corners=False, antialias=True
                 )
-                t = (t >= 0.5).float()
+            t = (t >= 0.5).float()
             return FramePrompt(mask=t)
         new = Prompt.build(shape, points, labels, box)
         coords, lbl = to_model_points(new, shape, cfg.image_size, self.model.device)
@@ -474,6 +492,7 @@ class VideoTracker:
 
     def result(self, frame: int) -> FrameResult:
         """The current result of every object on ``frame`` (-1024 where none)."""
+        self._check_open()
         h, w = self.frame_shape
         objs = list(self._objects.values())
         lows = []
@@ -488,6 +507,35 @@ class VideoTracker:
             return FrameResult(frame, (), np.zeros((0, h, w), np.float32))
         full = F.interpolate(torch.cat(lows), size=(h, w), mode="bilinear", align_corners=False)
         return FrameResult(frame, tuple(o.obj_id for o in objs), full[:, 0].numpy())
+
+
+def plan_passes(
+    direction: str,
+    start: int | None,
+    stop: int | None,
+    num_frames: int,
+    default_start: Callable[[bool], int],
+) -> list[tuple[int, int, bool]]:
+    """The (first, last, reverse) passes of a propagation over ``num_frames`` frames (see
+    :meth:`VideoTracker.propagate`); ``default_start(reverse)`` is where a pass starts when
+    ``start`` is None. ``start``/``stop`` must be valid frame indices. Raises ValueError for a
+    direction that cannot go from start to stop."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if direction == "both":
+        lo = 0 if start is None else start
+        hi = num_frames - 1 if stop is None else stop
+        if lo > hi:
+            raise ValueError(f"start {lo} is after stop {hi}")
+        fwd = max(lo, min(default_start(False), hi))
+        bwd = min(hi, max(default_start(True), lo))
+        return [(fwd, hi, False), (bwd, lo, True)]
+    reverse = direction == "backward"
+    first = default_start(reverse) if start is None else start
+    last = (0 if reverse else num_frames - 1) if stop is None else stop
+    if (first < last) if reverse else (first > last):
+        raise ValueError(f"{direction} propagation cannot go from frame {first} to {last}")
+    return [(first, last, reverse)]
 
 
 def frames_in(passes: list[tuple[int, int, bool]]) -> int:
@@ -522,12 +570,20 @@ def _pad_batch(frame_mems, frame_pos, ptrs, ptr_pos):
     return memory, pos, mask, n_ptr
 
 
+MAX_OBJ_ID = int(np.iinfo(np.uint64).max)  # the largest value any label dtype holds
+
+
 def _check_obj_id(obj_id) -> int:
     if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
         raise PromptError(
             f"object ids are positive integers (they become label values), got {obj_id!r}"
         )
+    if obj_id > MAX_OBJ_ID:
+        raise PromptError(
+            f"object id {obj_id} is too large for any label array (the largest is "
+            f"{MAX_OBJ_ID:,}, uint64); use smaller ids"
+        )
     return int(obj_id)
 
 
-__all__ = ["FrameResult", "FrameSourceError", "VideoTracker", "frames_in"]
+__all__ = ["FrameResult", "FrameSourceError", "VideoTracker", "frames_in", "plan_passes"]

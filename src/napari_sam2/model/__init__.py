@@ -1,6 +1,6 @@
 """Our PyTorch implementation of the SAM 2 network, compatible with Meta's checkpoints."""
 
-from .checkpoint import CheckpointError, load_model, pick_device
+from .checkpoint import CheckpointError, DeviceError, available_devices, load_model, pick_device
 from .config import CONFIGS, DEFAULT_MODEL, MODEL_NAMES, SAM2Config, get_config
 from .sam2 import ImageEmbedding, SAM2Model
 
@@ -9,9 +9,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODEL_NAMES",
     "CheckpointError",
+    "DeviceError",
     "ImageEmbedding",
     "SAM2Config",
     "SAM2Model",
+    "available_devices",
     "get_config",
     "load_model",
     "pick_device",

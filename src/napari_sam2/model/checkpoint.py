@@ -23,16 +23,62 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded into the requested model."""
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` picks CUDA, then Apple MPS, then the CPU."""
-    if device is not None:
-        return torch.device(device)
+class DeviceError(ValueError):
+    """A device name that is not a device, or a device this machine does not have."""
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
+    names = ["cpu"]
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        names.append("mps")
+    return names
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` picks CUDA, then Apple MPS, then the CPU. A named device must exist here:
+    otherwise :class:`DeviceError` says which devices do."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    here = ", ".join(available_devices())
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(
+            f"{device!r} is not a device name; devices on this machine: {here} "
+            "(or leave the device unset to pick the best one)"
+        ) from None
+    if chosen.type == "cpu":
+        return chosen
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (chosen.index is not None and chosen.index >= count):
+            raise DeviceError(
+                f"device {device!r} is not available: "
+                + ("this machine has no CUDA GPU" if count == 0 else f"it has {count} CUDA GPU(s)")
+                + f" that torch can use; devices on this machine: {here}"
+            )
+        return chosen
+    if chosen.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(
+                f"device {device!r} is not available: Apple MPS needs a Mac with Apple silicon "
+                f"and a torch built for it; devices on this machine: {here}"
+            )
+        return chosen
+    raise DeviceError(
+        f"device {device!r} is not supported (use cpu, cuda or mps); devices on this machine: "
+        f"{here}"
+    )
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -44,22 +90,47 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for unreadable files; all mean the same
         size = path.stat().st_size
+        detail = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {detail[0][:200]}" if detail else type(e).__name__
+        what = "an empty file" if size == 0 else f"{size:,} bytes"
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({size:,} bytes): the file is truncated, corrupt or "
-            f"not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "Download it again (see `napari-sam2 download`) or pass the path of a good copy."
+            f"cannot read checkpoint {path} ({what}): the file is truncated, corrupt or not a "
+            f"PyTorch checkpoint ({why}). Download it again (see `napari-sam2 download`) or "
+            "pass the path of a good copy."
         ) from e
+    fmt = "Save your weights as torch.save({'model': model.state_dict()}, path)."
     if not isinstance(payload, Mapping) or "model" not in payload:
         found = list(payload)[:8] if isinstance(payload, Mapping) else type(payload).__name__
         raise CheckpointError(
             f"checkpoint {path} is not in the official SAM 2 format: expected a dict with a "
-            f"'model' entry holding the state dict, found {found}. Save your weights as "
-            "torch.save({'model': model.state_dict()}, path)."
+            f"'model' entry holding the state dict, found {found}. {fmt}"
         )
     state = payload["model"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path}: its 'model' entry is a {type(state).__name__}, not a state dict "
+            f"(parameter name -> tensor). {fmt}"
+        )
+    not_names = [k for k in state if not isinstance(k, str)]
+    if not_names:
+        raise CheckpointError(
+            f"checkpoint {path}: state dict keys must be parameter names (strings), found "
+            f"{[repr(k) for k in not_names[:_SHOWN]]}. {fmt}"
+        )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"checkpoint {path}: entries that are not tensors: {bad[:_SHOWN]}")
+    not_finite = [
+        k
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
+    if not_finite:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or infinite values in {len(not_finite)} tensor(s): "
+            f"{', '.join(not_finite[:_SHOWN])}. The file is damaged or came from a diverged "
+            "training run; download the official weights again or use another checkpoint."
+        )
     return dict(state)
 
 
@@ -132,6 +203,7 @@ def load_model(
     Returns the model in eval mode on ``device``.
     """
     config = get_config(name)
+    target = pick_device(device)  # a bad device fails before a large file is read
     if checkpoint is None:
         raise TypeError(
             f"no checkpoint path given for {name!r}; napari_sam2.load_model({name!r}) "
@@ -143,4 +215,4 @@ def load_model(
     model = SAM2Model(config)
     check_state_dict(model, state, str(checkpoint))
     model.load_state_dict(state, strict=True)
-    return model.to(pick_device(device)).eval()
+    return model.to(target).eval()

@@ -1,0 +1,39 @@
+"""Files in and out, for the command line and batch scripts: stacks read lazily, prompts from CSV,
+label volumes written frame by frame.
+
+- :func:`open_stack`: a TIFF / OME-TIFF, ``.npy`` or zarr stack as frames the tracker reads one at
+  a time (memory-mapped or chunked; nothing is loaded whole).
+- :func:`read_prompts`: clicks and boxes from a CSV file (our columns, or napari's Points export),
+  every row checked, errors naming the line.
+- :func:`add_prompts`: give them to a :class:`~napari_sam2.VideoTracker`.
+- :func:`check_output`: an output path that is safe to write (never the input, inside it or
+  around it), checked before anything runs.
+- :func:`label_output`: a (T, H, W) label TIFF or zarr written in place, which appears under its
+  final name only when complete.
+
+See docs/cli.md for the file formats.
+"""
+
+from .errors import InputError, PromptsFileError
+from .outputs import check_output, check_writable_folder, label_counts, label_dtype, label_output
+from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts
+from .stacks import STACK_SUFFIXES, TIFF_SUFFIXES, Stack, open_stack, stack_stem
+
+__all__ = [
+    "STACK_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "InputError",
+    "ObjectPrompt",
+    "PromptsFileError",
+    "Stack",
+    "add_prompts",
+    "check_output",
+    "check_prompts",
+    "check_writable_folder",
+    "label_counts",
+    "label_dtype",
+    "label_output",
+    "open_stack",
+    "read_prompts",
+    "stack_stem",
+]

@@ -1,0 +1,180 @@
+"""Label volumes written frame by frame, appearing under their final name only when complete,
+and the checks that an output path is safe to write before anything runs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.labels import label_dtype_for
+from .errors import InputError
+from .stacks import TIFF_SUFFIXES
+
+OUTPUT_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
+
+
+def label_dtype(max_id: int) -> np.dtype:
+    """uint16 when every object id fits, else uint32, else uint64."""
+    return label_dtype_for(max_id)
+
+
+def check_output(
+    path: str | os.PathLike,
+    inputs=(),
+    *,
+    overwrite: bool = False,
+    read_only=(),
+    folder_exists: bool = True,
+) -> Path:
+    """Check, before anything runs, that a label volume can be written at ``path``.
+
+    Refused with :class:`InputError`: a name that is not .tif/.tiff/.zarr; an output that is
+    one of ``inputs``, holds one of them (a zarr group around the input array) or lies inside
+    one; an output that is or holds one of ``read_only`` (files such as a prompts CSV, whose
+    folder may hold outputs); an existing output without ``overwrite``; a folder that does not
+    exist (unless ``folder_exists`` is False: it will be made) or cannot be written. Nothing
+    is created or changed."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"output {path}: the name must end in .tif, .tiff or .zarr")
+    target = path.resolve()
+    for source, inside_ok in [(s, False) for s in inputs] + [(s, True) for s in read_only]:
+        src = Path(source).resolve()
+        if target == src:
+            raise InputError(f"output {path} is the input {source} itself; choose another name")
+        if target in src.parents:
+            raise InputError(
+                f"output {path} contains the input {source}: writing it would delete the input; "
+                "choose an output outside it"
+            )
+        if src in target.parents and not inside_ok:
+            raise InputError(
+                f"output {path} lies inside the input {source}; choose an output outside it"
+            )
+    if folder_exists:
+        if path.exists() and not overwrite:
+            raise InputError(
+                f"output {path} exists; pass --overwrite (overwrite=True) to replace it"
+            )
+        check_writable_folder(path.parent, what="output folder")
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike, *, what: str, create: bool = False) -> None:
+    """``folder`` exists (or, with ``create``, can be created) and we may write in it."""
+    folder = Path(folder)
+    if not folder.exists():
+        if not create:
+            raise InputError(f"{what} {folder} does not exist; create it first")
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{what} {folder} cannot be created (no write permission)")
+        return
+    if not folder.is_dir():
+        raise InputError(f"{what} {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {folder} is not writable (permission denied)")
+
+
+@contextlib.contextmanager
+def label_output(
+    path: str | os.PathLike,
+    shape: tuple[int, int, int],
+    dtype=np.uint16,
+    *,
+    overwrite: bool = False,
+):
+    """A writable (T, H, W) label volume at ``path``: a TIFF (``.tif``/``.tiff``, uncompressed
+    and memory-mapped, so frames go to disk as they are written) or a zarr array (``.zarr``,
+    one chunk per frame).
+
+    It is written under a temporary name beside ``path`` and takes the final name only when the
+    block ends without error; a previous output at ``path`` is replaced in that last step and
+    kept on any error. On any error (Ctrl+C included) the temporary file is removed. A TIFF's
+    disk space is reserved up front, so a full disk fails at once as an OSError, not midway."""
+    path = check_output(path, overwrite=overwrite)
+    tmp = path.with_name(f".{path.name}.partial")
+    _remove(tmp)
+    try:
+        if path.suffix.lower() == ".zarr":
+            import zarr
+
+            array = zarr.open_array(
+                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype
+            )
+        else:
+            import tifffile
+
+            array = tifffile.memmap(tmp, shape=shape, dtype=dtype, photometric="minisblack")
+            _reserve(tmp)
+        yield array
+        if isinstance(array, np.memmap):
+            array.flush()
+            del array
+        _replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: writing through a memory map into a file on a
+    full disk would kill the process (SIGBUS) instead of raising an error."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            # EOPNOTSUPP / EINVAL: the filesystem cannot reserve space; write as before.
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path``, replacing what is there only once the move can succeed."""
+    if not path.is_dir():
+        os.replace(tmp, path)  # atomic for files, even over an existing one
+        return
+    backup = path.with_name(f".{path.name}.previous")
+    _remove(backup)
+    os.replace(path, backup)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(backup, path)
+        raise
+    _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def label_counts(labels, ids=None) -> dict[int, tuple[int, int]]:
+    """Per label value found (or per id of ``ids``, found or not): (voxels, frames where it
+    appears), reading one frame at a time. Memory is per label present, whatever the ids'
+    size (ids near 2**32 are fine)."""
+    voxels: dict[int, int] = {int(i): 0 for i in ids or ()}
+    frames = dict(voxels)
+    for t in range(labels.shape[0]):
+        frame = np.asarray(labels[t]).ravel()
+        if frame.dtype.itemsize <= 2 and frame.dtype.kind == "u":
+            counts = np.bincount(frame, minlength=1)
+            values = np.flatnonzero(counts)
+            counts = counts[values]
+        else:
+            values, counts = np.unique(frame, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            if value == 0:
+                continue
+            voxels[value] = voxels.get(value, 0) + count
+            frames[value] = frames.get(value, 0) + 1
+    return {i: (voxels[i], frames[i]) for i in sorted(voxels)}

@@ -1,0 +1,196 @@
+"""Stacks on disk (TIFF / OME-TIFF, ``.npy``, zarr) opened lazily as the frames the tracker
+follows objects through."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.stack import AxisFrames, StackError, StackGeometry
+from .errors import InputError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+STACK_SUFFIXES = (*TIFF_SUFFIXES, ".npy", ".zarr")
+
+
+def stack_stem(path: str | os.PathLike) -> str:
+    """A stack's name without its extension(s): ``cells.ome.tif`` -> ``cells``."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *STACK_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@dataclass
+class Stack:
+    """A stack on disk, seen as the frames the tracker follows objects through.
+
+    ``frames``: (T, H, W) or (T, H, W, C), read one frame at a time. ``shape``/``axes``: the
+    file's own array (axes as tifffile names them, e.g. ``"TZYX"``, where known). For data with
+    two non-spatial axes, ``axis`` is the tracked one and ``index`` the position on the other.
+    """
+
+    path: Path
+    frames: AxisFrames
+    shape: tuple[int, ...]
+    axes: str | None
+    axis: int
+    index: int | None
+    _closers: list = field(default_factory=list, repr=False)
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.frames.shape[1], self.frames.shape[2]
+
+    @property
+    def label_shape(self) -> tuple[int, int, int]:
+        """(T, H, W) of the label volume written for this stack."""
+        return self.frames.shape[:3]
+
+    @property
+    def spatial_ndim(self) -> int:
+        """Dimensions of the file that are not channels (what napari's point coordinates have)."""
+        return len(self.shape) - self.frames.geometry.rgb
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+        self._closers.clear()
+
+
+def open_stack(
+    path: str | os.PathLike, *, axis: int | None = None, index: int | None = None
+) -> Stack:
+    """Open a stack lazily: TIFF / OME-TIFF (memory-mapped when the file allows it, else read
+    page by page through tifffile's zarr view), ``.npy`` (memory-mapped) or a zarr array (a
+    zarr group: its OME-Zarr full-resolution level, or its only array).
+
+    The last two axes are rows and columns; a last axis of at most 4 (RGB(A) or a few
+    channels) is taken as channels. Of the axes before them, one is tracked: with one, it is
+    that one; with two, e.g. (T, Z, Y, X), ``axis`` says which is tracked (0 or 1) and ``index``
+    where on the other the frames are taken. A single 2-D image is a stack of one frame.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"stack not found: {path}")
+    array, axes, closers = _open_array(path)
+    shape = tuple(int(s) for s in array.shape)
+    channels = _channel_count(shape, axes)
+    lead = len(shape) - 2 - (channels is not None)
+    where = f"{path} has shape {shape}" + (f" (axes {axes})" if axes else "")
+    if lead > 2 or len(shape) < 2:
+        raise InputError(
+            f"{where}: expected 2 to 4 dimensions, e.g. (T, Y, X) or (T, Z, Y, X) (plus an RGB "
+            "or channel axis last); select the data to segment first"
+        )
+    if lead == 2:
+        if axis not in (0, 1) or index is None:
+            raise InputError(
+                f"{where}: two axes come before (Y, X); say which one to track with --axis "
+                "(0 or 1) and where to take the frames on the other with --index"
+            )
+        other = 1 - axis
+        if not 0 <= index < shape[other]:
+            raise InputError(
+                f"{where}: --index {index} is out of range for axis {other} (0..{shape[other] - 1})"
+            )
+    else:
+        if axis not in (None, 0):
+            raise InputError(f"{where}: the only axis that can be tracked is 0, not --axis {axis}")
+        if index is not None:
+            raise InputError(
+                f"{where}: --index is for data with two axes before (Y, X), e.g. (T, Z, Y, X)"
+            )
+        axis = 0
+    if 0 in shape:
+        raise InputError(f"{where}: the stack is empty")
+    try:
+        geometry = StackGeometry(
+            shape,
+            rgb=channels is not None,
+            stack_axis=axis if lead else None,
+            fixed={1 - axis: index} if lead == 2 else {},
+        )
+    except StackError as e:
+        raise InputError(f"{where}: {e}") from e
+    frames = geometry.frames(array)
+    if 0 in frames.shape:
+        raise InputError(f"{where}: the stack is empty")
+    return Stack(path, frames, shape, axes, axis, index if lead == 2 else None, closers)
+
+
+def _open_array(path: Path):
+    """(array, tifffile axes or None, [close functions])."""
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return _open_tiff(path)
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False), None, []
+        except (ValueError, OSError) as e:
+            raise InputError(f"cannot read {path} as a .npy array: {e}") from e
+    if path.is_dir():
+        return _open_zarr(path), None, []
+    raise InputError(
+        f"{path}: unsupported file type; give a TIFF / OME-TIFF (.tif, .tiff), a .npy file or a "
+        "zarr directory"
+    )
+
+
+def _open_tiff(path: Path):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+        try:  # uncompressed, contiguous: the operating system pages it in as frames are read
+            return tifffile.memmap(path, mode="r"), axes, []
+        except ValueError:
+            pass
+        import zarr
+
+        store = tifffile.imread(path, aszarr=True)  # chunked: one page at a time
+        array = zarr.open(store, mode="r")
+        if not hasattr(array, "shape"):  # a pyramid: the full-resolution level
+            array = array["0"]
+        return array, axes, [store.close]
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError) as e:
+        raise InputError(f"cannot read {path} as a TIFF stack: {e}") from e
+
+
+def _open_zarr(path: Path):
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for "not a zarr store"
+        raise InputError(f"cannot open {path} as a zarr array or group: {e}") from e
+    if hasattr(node, "shape"):
+        return node
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        return node[multiscales[0]["datasets"][0]["path"]]
+    arrays = [name for name, _ in node.arrays()]
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise InputError(
+        f"{path} is a zarr group with arrays {arrays or 'none'}: give the path of the array to "
+        f"segment, e.g. {path / (arrays[0] if arrays else 'ARRAY')}"
+    )
+
+
+def _channel_count(shape: tuple[int, ...], axes: str | None) -> int | None:
+    """The size of a trailing channel axis, or None."""
+    if axes:
+        return shape[-1] if axes[-1] in "SC" and len(shape) >= 3 else None
+    if len(shape) >= 3 and shape[-1] <= 4 and min(shape[-3:-1]) > 4:
+        return shape[-1]
+    return None
