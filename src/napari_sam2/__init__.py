@@ -9,6 +9,7 @@ The public API (no Qt needed)::
     r = p.predict(points=[(row, col)], labels=[1])
 """
 
+from .engine.automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from .engine.frames import FrameSourceError
 from .engine.image import ImagePredictor, Prediction
 from .engine.labels import LabelError, LabelSink, track_to_labels
@@ -21,6 +22,9 @@ from .weights import ChecksumError, DownloadError, WeightsError, load_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutomaticMaskGenerator",
+    "MaskRecord",
+    "masks_to_labels",
     "FrameResult",
     "FrameSourceError",
     "LabelError",
