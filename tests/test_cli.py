@@ -251,12 +251,12 @@ def test_console_script_is_installed():
     ],
 )
 def test_unexpected_errors_and_ctrl_c(files, monkeypatch, capsys, error, code, message):
-    from napari_sam2 import cli
+    from napari_sam2.cli import segment
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cli, "plan_jobs", fail)
+    monkeypatch.setattr(segment, "plan_jobs", fail)
     tif, csv = files
     argv = ["segment", tif, "-p", csv, "-o", "o.tif"]
     got, _, stderr = run(argv, capsys)

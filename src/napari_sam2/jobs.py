@@ -6,6 +6,10 @@ then run. The command line calls these; they print nothing, parse no arguments a
     model = load_model(...)
     result = run_job(model, checked[0], options, progress)  # tracks and writes the labels
 
+Prompts are a CSV of clicks and boxes, a label image whose objects all become mask prompts on
+one frame (``SegmentOptions.prompt_frame``), or none: then SAM 2 segments everything on
+``SegmentOptions.auto_frame`` and tracks every object it finds.
+
 Everything a user can get wrong is found by :func:`plan_jobs` and :func:`check_job`: missing
 files, an output that is (or holds, or lies inside) an input, an existing output without
 ``overwrite``, folders that do not exist or cannot be written, prompts outside the stack, a
@@ -17,15 +21,19 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .engine.frames import FrameSource, FrameSourceError
 from .engine.labels import LabelError, label_dtype_for
 from .engine.preprocess import IntensityWindow, check_frame_layout
 from .engine.video import frames_in, plan_passes
 from .io import (
+    LABEL_PROMPT_SUFFIXES,
     InputError,
     ObjectPrompt,
     add_prompts,
@@ -34,6 +42,7 @@ from .io import (
     label_counts,
     label_output,
     open_stack,
+    read_label_prompt,
     read_prompts,
     stack_stem,
 )
@@ -41,7 +50,11 @@ from .io import (
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How every stack of a run is tracked (the ``segment`` command's options)."""
+    """How every stack of a run is tracked (the ``segment`` command's options).
+
+    ``prompt_frame``: the frame a label-image prompts file belongs to. ``auto_frame``: segment
+    everything on this frame (no prompts file); ``auto``: options of the
+    :class:`~napari_sam2.AutomaticMaskGenerator` for it."""
 
     direction: str = "both"
     axis: int | None = None
@@ -52,15 +65,23 @@ class SegmentOptions:
     channel: int = 0
     overwrite: bool = False
     spill_dir: str | os.PathLike | None = None
+    prompt_frame: int = 0
+    auto_frame: int | None = None
+    auto: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SegmentJob:
-    """One stack, the prompts file for it, and the label file it becomes."""
+    """One stack, its prompts (a CSV file, a label image, or None: segment everything), and
+    the label file it becomes."""
 
     stack: Path
-    prompts: Path
+    prompts: Path | None
     output: Path
+
+    @property
+    def label_image_prompts(self) -> bool:
+        return self.prompts is not None and self.prompts.suffix.lower() in LABEL_PROMPT_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -69,13 +90,18 @@ class CheckedJob:
 
     job: SegmentJob
     num_frames: int
-    prompts: tuple[ObjectPrompt, ...]
     passes: tuple[tuple[int, int, bool], ...]
     label_shape: tuple[int, int, int]
     window: IntensityWindow | None
+    prompts: tuple[ObjectPrompt, ...] = ()  # clicks and boxes of a CSV file
+    label_prompt: np.ndarray | None = None  # (H, W) label image on ``prompt_frame``
+    prompt_frame: int | None = None  # of a label image, or of automatic segmentation
 
     @property
     def obj_ids(self) -> list[int]:
+        """The object ids known before running (none yet for automatic segmentation)."""
+        if self.label_prompt is not None:
+            return [int(i) for i in np.unique(self.label_prompt) if i > 0]
         return sorted({p.obj_id for p in self.prompts})
 
     @property
@@ -86,7 +112,8 @@ class CheckedJob:
 
 @dataclass(frozen=True)
 class JobResult:
-    """What a finished job did: per object id, (voxels, frames where it appears)."""
+    """What a finished job did: per object id, (voxels, frames where it appears); ``dropped``,
+    ids of a label image too small for the model's input."""
 
     job: SegmentJob
     num_frames: int
@@ -94,11 +121,12 @@ class JobResult:
     tracked_frames: list[int]
     counts: dict[int, tuple[int, int]]
     seconds: float
+    dropped: tuple[int, ...] = ()
 
 
 def plan_jobs(
     stacks: list[Path],
-    prompts: Path,
+    prompts: Path | None,
     output: Path,
     *,
     fmt: str = "tif",
@@ -107,14 +135,15 @@ def plan_jobs(
 ) -> list[SegmentJob]:
     """Pair each stack with its prompts file and output path, and check the paths.
 
-    ``prompts`` is one CSV for every stack, or a folder holding ``<stack name>.csv``.
+    ``prompts`` is one CSV or label image for every stack, a folder holding ``<stack
+    name>.csv`` for each, or None (segment everything: ``SegmentOptions.auto_frame``).
     ``output`` is the label file of a single stack, or a folder (``<stack name>_labels.<fmt>``
     in it) for several; ``to_folder`` forces one or the other (default: a folder for several
     stacks or an existing folder not named .zarr). Nothing is created."""
     for s in stacks:
         if not s.exists():
             raise InputError(f"stack not found: {s}")
-    if not prompts.exists():
+    if prompts is not None and not prompts.exists():
         raise InputError(f"prompts file not found: {prompts}")
     if to_folder is None:
         to_folder = len(stacks) > 1 or (output.is_dir() and output.suffix.lower() != ".zarr")
@@ -124,8 +153,8 @@ def plan_jobs(
     seen: dict[Path, Path] = {}
     for stack in stacks:
         stem = stack_stem(stack)
-        csv = prompts / f"{stem}.csv" if prompts.is_dir() else prompts
-        if not csv.is_file():
+        csv = prompts / f"{stem}.csv" if prompts is not None and prompts.is_dir() else prompts
+        if csv is not None and not csv.is_file():
             raise InputError(f"no prompts for {stack}: {csv} not found")
         target = output / f"{stem}_labels.{fmt}" if to_folder else output
         if target in seen:
@@ -137,7 +166,7 @@ def plan_jobs(
             target,
             stacks,
             overwrite=overwrite,
-            read_only=[prompts],
+            read_only=[] if prompts is None else [prompts],
             folder_exists=not (to_folder and not output.exists()),
         )
         jobs.append(SegmentJob(stack, csv, target))
@@ -157,15 +186,23 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             check_frame_layout(stack.frames.shape[1:], stack.frames.dtype, options.channel)
         except ValueError as e:
             raise InputError(f"{where}: {e}") from None
-        prompts = read_prompts(job.prompts, stack)
         n = stack.num_frames
+        prompts, label_prompt, prompt_frame = (), None, None
+        if job.prompts is None:
+            if options.auto_frame is None:
+                raise InputError("give prompts (clicks, boxes or a label image) or --auto FRAME")
+            prompt_frame = _frame_option("--auto", options.auto_frame, n, where)
+            frames = [prompt_frame]
+        elif job.label_image_prompts:
+            prompt_frame = _frame_option("--prompt-frame", options.prompt_frame, n, where)
+            label_prompt = read_label_prompt(job.prompts, stack, prompt_frame)
+            frames = [prompt_frame]
+        else:
+            prompts = tuple(read_prompts(job.prompts, stack))
+            frames = [p.frame for p in prompts]
         for name, value in (("--start", options.start), ("--stop", options.stop)):
-            if value is not None and not 0 <= value < n:
-                raise InputError(
-                    f"{where}: {name} {value} is out of range: the stack has {n} frames "
-                    f"(0..{n - 1})"
-                )
-        frames = [p.frame for p in prompts]
+            if value is not None:
+                _frame_option(name, value, n, where)
         try:
             passes = plan_passes(
                 options.direction,
@@ -176,8 +213,11 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             )
         except ValueError as e:
             raise InputError(f"{where}: {e}") from None
+        largest = max([p.obj_id for p in prompts], default=1)
+        if label_prompt is not None:
+            largest = int(label_prompt.max())
         try:
-            label_dtype_for(max(p.obj_id for p in prompts))
+            label_dtype_for(largest)
         except LabelError as e:
             raise InputError(f"{job.prompts}: {e}") from None
         try:
@@ -186,7 +226,16 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             )
         except FrameSourceError as e:
             raise InputError(f"{where}: {e}") from None
-        return CheckedJob(job, n, tuple(prompts), tuple(passes), stack.label_shape, source.window)
+        return CheckedJob(
+            job,
+            n,
+            tuple(passes),
+            stack.label_shape,
+            source.window,
+            prompts,
+            label_prompt,
+            prompt_frame,
+        )
     finally:
         stack.close()
 
@@ -214,8 +263,22 @@ def run_job(
             window=checked.window,
             spill_dir=options.spill_dir,
         )
-        add_prompts(tracker, checked.prompts, job.prompts)
-        obj_ids = checked.obj_ids
+        dropped = ()
+        if checked.prompts:
+            add_prompts(tracker, checked.prompts, job.prompts)
+        else:
+            labels = checked.label_prompt
+            if labels is None:
+                labels = segment_everything(model, stack, checked, options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the dropped ids are in the result instead
+                dropped = tracker.add_labels(checked.prompt_frame, labels).dropped
+            if not tracker.obj_ids:
+                raise InputError(
+                    f"{job.prompts}: every object is too small for the model's input size "
+                    f"({options.image_size}); use a larger --image-size"
+                )
+        obj_ids = sorted(tracker.obj_ids)
         total = frames_in(list(checked.passes))
         dtype = label_dtype_for(max(obj_ids))
         with label_output(
@@ -241,4 +304,31 @@ def run_job(
         checked.tracked_frames,
         counts,
         time.perf_counter() - started,
+        tuple(dropped),
     )
+
+
+def segment_everything(model, stack, checked: CheckedJob, options: SegmentOptions) -> np.ndarray:
+    """The label image of everything SAM 2 finds on the job's ``prompt_frame`` (ids 1..N by
+    decreasing predicted IoU), seen with the stack's channel and intensity window."""
+    from .engine.automatic import AutomaticMaskGenerator, masks_to_labels
+
+    generator = AutomaticMaskGenerator(model, channel=options.channel, **options.auto)
+    frame = np.asarray(stack.frames[checked.prompt_frame])
+    records = generator.generate(frame, window=checked.window)
+    if not records:
+        raise InputError(
+            f"{checked.job.stack}: automatic segmentation found no object on frame "
+            f"{checked.prompt_frame}; lower --pred-iou-thresh / --stability-score-thresh, or "
+            "give prompts"
+        )
+    dtype = label_dtype_for(len(records))
+    return masks_to_labels(records, checked.label_shape[1:], dtype=dtype)
+
+
+def _frame_option(name: str, value: int, n: int, where: str) -> int:
+    if not 0 <= value < n:
+        raise InputError(
+            f"{where}: {name} {value} is out of range: the stack has {n} frames (0..{n - 1})"
+        )
+    return value

@@ -56,8 +56,8 @@ def test_long_lazy_stack_reads_each_frame_once_and_memory_stays_bounded(mini_mod
     tracker.close()
 
 
-def test_all_objects_run_in_one_batch_per_frame(mini_model):
-    tracker = ns.VideoTracker(mini_model, moving_disc(8))
+def test_a_batch_of_objects_is_one_decoder_call_per_frame(mini_model):
+    tracker = ns.VideoTracker(mini_model, moving_disc(8), object_batch=3)
     for obj_id in (1, 2, 3):
         tracker.add_prompt(0, obj_id, points=[(10 * obj_id, 20)], labels=[1])
     batches, encodings = [], []

@@ -201,31 +201,20 @@ class AutomaticMaskGenerator:
         channel: int = 0,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     ) -> None:
-        _check_int("points_per_side", points_per_side, 1)
-        _check_int("points_per_batch", points_per_batch, 1)
-        _check_int("crop_n_layers", crop_n_layers, 0)
-        _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
-        _check_int("min_mask_region_area", min_mask_region_area, 0)
-        _check_unit("pred_iou_thresh", pred_iou_thresh, low_open=False)
-        _check_unit("stability_score_thresh", stability_score_thresh, low_open=False)
-        _check_unit("box_nms_thresh", box_nms_thresh, low_open=True)
-        _check_unit("crop_nms_thresh", crop_nms_thresh, low_open=True)
-        if not 0.0 <= crop_overlap_ratio < 1.0:
-            raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
-        if not (math.isfinite(stability_score_offset) and stability_score_offset >= 0):
-            raise ValueError(
-                f"stability_score_offset must be a finite number >= 0, got {stability_score_offset}"
-            )
-        if not math.isfinite(mask_threshold):
-            raise ValueError(f"mask_threshold must be a finite number, got {mask_threshold}")
-        # The official grid of layer i has int(points_per_side / factor**i) points per side.
-        deepest = int(points_per_side / crop_n_points_downscale_factor**crop_n_layers)
-        if deepest < 1:
-            raise ValueError(
-                f"crop_n_points_downscale_factor={crop_n_points_downscale_factor} leaves no point "
-                f"in crop layer {crop_n_layers} (points_per_side={points_per_side}); it must be "
-                f"at most points_per_side ** (1 / crop_n_layers)"
-            )
+        check_options(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            mask_threshold=mask_threshold,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area,
+        )
         self.model = model
         self.points_per_side = points_per_side
         self.points_per_batch = points_per_batch
@@ -494,6 +483,49 @@ def masks_to_labels(
         r0, c0, r1, c1 = records[i].box
         labels[r0:r1, c0:c1][records[i].box_mask] = start + i
     return labels
+
+
+def check_options(
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float = 0.8,
+    stability_score_thresh: float = 0.95,
+    stability_score_offset: float = 1.0,
+    mask_threshold: float = 0.0,
+    box_nms_thresh: float = 0.7,
+    crop_n_layers: int = 0,
+    crop_nms_thresh: float = 0.7,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+) -> None:
+    """Raise ValueError, naming the parameter and its allowed range, for an option of
+    :class:`AutomaticMaskGenerator` that cannot work (checked without a model)."""
+    _check_int("points_per_side", points_per_side, 1)
+    _check_int("points_per_batch", points_per_batch, 1)
+    _check_int("crop_n_layers", crop_n_layers, 0)
+    _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
+    _check_int("min_mask_region_area", min_mask_region_area, 0)
+    _check_unit("pred_iou_thresh", pred_iou_thresh, low_open=False)
+    _check_unit("stability_score_thresh", stability_score_thresh, low_open=False)
+    _check_unit("box_nms_thresh", box_nms_thresh, low_open=True)
+    _check_unit("crop_nms_thresh", crop_nms_thresh, low_open=True)
+    if not 0.0 <= crop_overlap_ratio < 1.0:
+        raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
+    if not (math.isfinite(stability_score_offset) and stability_score_offset >= 0):
+        raise ValueError(
+            f"stability_score_offset must be a finite number >= 0, got {stability_score_offset}"
+        )
+    if not math.isfinite(mask_threshold):
+        raise ValueError(f"mask_threshold must be a finite number, got {mask_threshold}")
+    # The official grid of layer i has int(points_per_side / factor**i) points per side.
+    deepest = int(points_per_side / crop_n_points_downscale_factor**crop_n_layers)
+    if deepest < 1:
+        raise ValueError(
+            f"crop_n_points_downscale_factor={crop_n_points_downscale_factor} leaves no point "
+            f"in crop layer {crop_n_layers} (points_per_side={points_per_side}); it must be "
+            f"at most points_per_side ** (1 / crop_n_layers)"
+        )
 
 
 def _check_int(name: str, value, minimum: int) -> None:

@@ -16,22 +16,34 @@ def resolve_overlaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     official predictor's ``non_overlap_masks``; a pixel is foreground when its winner's logit
     is above 0.
     """
-    winner = np.argmax(logits, axis=0)
-    best = np.take_along_axis(logits, winner[None], axis=0)[0]
+    return _resolve_chunks([(0, logits)], logits.shape[1:])
+
+
+def _resolve_chunks(chunks, shape) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`resolve_overlaps` over (first index, (n, H, W) logits) chunks, holding one chunk
+    at a time: a running maximum, where a later chunk wins only when strictly higher."""
+    best = np.full(shape, -np.inf, dtype=np.float32)
+    winner = np.zeros(shape, dtype=np.int64)
+    for start, logits in chunks:
+        index = np.argmax(logits, axis=0)
+        value = np.take_along_axis(logits, index[None], axis=0)[0]
+        better = value > best
+        winner[better] = index[better] + start
+        best[better] = value[better]
     return winner, best > 0
 
 
 def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
     """The (H, W) label frame after writing ``result`` over ``current``: pixels of the result's
     ids and background take the new labels; pixels of any other label keep theirs."""
-    if current.shape != result.logits.shape[1:]:
+    if current.shape != result.shape:
         raise ValueError(
-            f"frame {result.frame}: labels are {current.shape}, results {result.logits.shape[1:]}"
+            f"frame {result.frame}: labels are {current.shape}, results {result.shape}"
         )
     ids = np.asarray(result.obj_ids, dtype=current.dtype)
     new = np.zeros_like(current)
     if len(ids):
-        winner, foreground = resolve_overlaps(result.logits)
+        winner, foreground = _resolve_chunks(result.chunks(), current.shape)
         new = np.where(foreground, ids[winner], 0).astype(current.dtype)
     owned = (current == 0) | np.isin(current, ids)
     return np.where(owned, new, current)

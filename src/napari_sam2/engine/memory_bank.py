@@ -29,12 +29,13 @@ class FramePrompt:
     """One object's prompt on one frame, in the model's input frame.
 
     Either clicks/box corners (``points`` (1, P, 2) as (x, y), ``labels`` (1, P); box corners
-    first with labels 2 and 3) or a binary ``mask`` (1, 1, S, S) float.
+    first with labels 2 and 3) or a mask (``is_mask``; the mask itself is not kept: once it has
+    given the frame's record, nothing reads it again).
     """
 
     points: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
+    is_mask: bool = False
 
     @property
     def num_points(self) -> int:
@@ -52,6 +53,16 @@ class FrameRecord:
 
     def with_memory(self, memory: torch.Tensor) -> FrameRecord:
         return replace(self, memory=memory.to(torch.bfloat16))
+
+    def select(self, i: int) -> FrameRecord:
+        """Row ``i`` of a batched record, as a record of one object, in tensors of its own: a
+        view would keep the whole batch alive in RAM, and ``torch.save`` would write the whole
+        batch's storage into every spilled record."""
+        s = slice(i, i + 1)
+        memory = None if self.memory is None else self.memory[s].clone()
+        return FrameRecord(
+            self.low_res[s].clone(), self.pointer[s].clone(), self.score[s].clone(), memory
+        )
 
 
 class SpillingStore:

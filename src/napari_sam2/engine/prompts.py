@@ -147,6 +147,49 @@ def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray:
     return values
 
 
+def label_ids(labels, shape: tuple[int, int], obj_ids=None) -> tuple[np.ndarray, list[int]]:
+    """Check a label image used as prompts and choose its objects.
+
+    ``labels``: (H, W) of ``shape``, integers (or bool: one object, id 1); 0 is background.
+    Returns the label image as an array and the object ids to prompt: every id > 0 present, in
+    increasing order, or ``obj_ids`` (each must be present). Raises :class:`PromptError`."""
+    try:
+        lab = np.asarray(labels)
+    except (TypeError, ValueError) as e:
+        raise PromptError(f"labels must be an (H, W) integer array, got {_shorten(labels)}") from e
+    if lab.shape != tuple(shape):
+        raise PromptError(f"labels must have the frame's shape {tuple(shape)}, got {lab.shape}")
+    if lab.dtype == np.bool_:
+        lab = lab.astype(np.uint8)
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise PromptError(
+            f"labels must hold integer object ids (0 = background), got dtype {lab.dtype}; "
+            "a float label image can be converted with labels.astype(np.int64) if its values "
+            "are whole numbers"
+        )
+    present = np.unique(lab)
+    if len(present) and present[0] < 0:
+        raise PromptError(
+            f"labels hold negative values {present[present < 0][:5].tolist()}; object ids are "
+            "positive (0 = background)"
+        )
+    present = [int(v) for v in present if v > 0]
+    if obj_ids is None:
+        if not present:
+            raise PromptError("the labels are empty: no pixel holds an object id > 0")
+        return lab, present
+    wanted = [int(i) for i in obj_ids]
+    missing = sorted(set(wanted) - set(present))
+    if missing:
+        raise PromptError(
+            f"object id(s) {missing[:10]} are not in the labels (they hold "
+            f"{present[:10]}{' ...' if len(present) > 10 else ''})"
+        )
+    if not wanted:
+        raise PromptError("obj_ids is empty: name at least one object id of the labels")
+    return lab, list(dict.fromkeys(wanted))
+
+
 def _check_inside(r: float, c: float, h: int, w: int, what: str) -> None:
     t = _EDGE_TOLERANCE
     if not (-t <= r <= h - 1 + t and -t <= c <= w - 1 + t):

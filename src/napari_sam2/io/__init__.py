@@ -6,6 +6,8 @@ label volumes written frame by frame.
 - :func:`read_prompts`: clicks and boxes from a CSV file (our columns, or napari's Points export),
   every row checked, errors naming the line.
 - :func:`add_prompts`: give them to a :class:`~napari_sam2.VideoTracker`.
+- :func:`read_label_prompt`: a label image (Cellpose, StarDist, a previous run) whose objects
+  become mask prompts on one frame.
 - :func:`check_output`: an output path that is safe to write (never the input, inside it or
   around it), checked before anything runs.
 - :func:`label_output`: a (T, H, W) label TIFF or zarr written in place, which appears under its
@@ -15,11 +17,13 @@ See docs/cli.md for the file formats.
 """
 
 from .errors import InputError, PromptsFileError
+from .label_prompts import LABEL_PROMPT_SUFFIXES, read_label_prompt
 from .outputs import check_output, check_writable_folder, label_counts, label_dtype, label_output
 from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts
 from .stacks import STACK_SUFFIXES, TIFF_SUFFIXES, Stack, open_stack, stack_stem
 
 __all__ = [
+    "LABEL_PROMPT_SUFFIXES",
     "STACK_SUFFIXES",
     "TIFF_SUFFIXES",
     "InputError",
@@ -34,6 +38,7 @@ __all__ = [
     "label_dtype",
     "label_output",
     "open_stack",
+    "read_label_prompt",
     "read_prompts",
     "stack_stem",
 ]

@@ -66,12 +66,15 @@ class MemoryEncoder(nn.Module):
         self.mem_dim = mem_dim
 
     def forward(
-        self, features: torch.Tensor, mask: torch.Tensor
+        self, features: torch.Tensor, mask: torch.Tensor, projected: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, C, E, E); mask (B, 1, 16E, 16E), already squashed to the range the
-        encoder expects (see :meth:`SAM2Model.encode_memory`).
+        """features (1|B, C, E, E); mask (B, 1, 16E, 16E), already squashed to the range the
+        encoder expects (see :meth:`SAM2Model.encode_memory`). ``projected``: the frame's
+        ``pix_feat_proj(features)``, when computed once for all of its objects.
         Returns memory (B, mem_dim, E, E) and its sine PE (1, mem_dim, E, E)."""
-        x = self.pix_feat_proj(features) + self.mask_downsampler(mask)
+        if projected is None:
+            projected = self.pix_feat_proj(features)
+        x = projected + self.mask_downsampler(mask)
         x = self.out_proj(self.fuser(x))
         pos = sine_position_encoding(x.shape[-2], x.shape[-1], self.mem_dim, x.device)[None]
         return x, pos.to(x.dtype)

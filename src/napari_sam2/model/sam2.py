@@ -122,16 +122,28 @@ class SAM2Model(nn.Module):
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int,
         memory_mask: torch.Tensor | None = None,
+        frame_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, C, E, E) features attend to (B, M, mem_dim) memory -> (B, C, E, E).
-        ``memory_mask`` (B, 1, 1, M) bool excludes padding where objects differ in memory size."""
-        b, c, h, w = features.shape
-        tokens = features.flatten(2).transpose(1, 2)  # (B, HW, C)
-        tokens_pos = pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
-        out = self.memory_attention(
-            tokens, tokens_pos, memory, memory_pos, num_obj_ptr_tokens, memory_mask
+
+        ``features`` may be (1, C, E, E) for B objects on the same frame. ``frame_tokens``:
+        :meth:`memory_frame_tokens` of the frame, computed once for all its objects (else it is
+        computed here). ``memory_mask`` (B, 1, 1, M) bool excludes padding where objects differ
+        in memory size."""
+        _, c, h, w = features.shape
+        b = memory.shape[0]
+        if frame_tokens is None:
+            frame_tokens = self.memory_frame_tokens(features, pos)
+        out = self.memory_attention.attend(
+            frame_tokens, memory, memory_pos, num_obj_ptr_tokens, memory_mask
         )
         return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def memory_frame_tokens(self, features: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(1|B, C, E, E) -> (1|B, EE, C): the memory attention's object-independent start."""
+        tokens = features.flatten(2).transpose(1, 2)  # (1|B, HW, C)
+        tokens_pos = pos.flatten(2).transpose(1, 2).expand(tokens.shape[0], -1, -1)
+        return self.memory_attention.frame_tokens(tokens, tokens_pos)
 
     def without_memory(self, features: torch.Tensor) -> torch.Tensor:
         """Features of a frame with nothing to remember: ``no_mem_embed`` added everywhere."""
@@ -157,17 +169,24 @@ class SAM2Model(nn.Module):
         mask_logits: torch.Tensor,
         object_score: torch.Tensor,
         binarize: bool,
+        projected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A frame's memory from its unconditioned features (B, C, E, E) and its full-size mask
-        logits (B, 1, S, S). ``binarize`` thresholds the mask (frames prompted by clicks) instead
-        of a sigmoid. Returns memory (B, mem_dim, E, E) and its PE (1, mem_dim, E, E)."""
+        """A frame's memory from its unconditioned features (1|B, C, E, E) and its full-size
+        mask logits (B, 1, S, S). ``binarize`` thresholds the mask (frames prompted by clicks)
+        instead of a sigmoid. ``projected``: the memory encoder's projection of the frame
+        (:meth:`memory_frame_projection`), shared by its objects. Returns memory
+        (B, mem_dim, E, E) and its PE (1, mem_dim, E, E)."""
         mask = (mask_logits > 0).float() if binarize else torch.sigmoid(mask_logits)
         mask = mask * MEMORY_MASK_SCALE + MEMORY_MASK_BIAS
-        memory, pos = self.memory_encoder(features, mask)
+        memory, pos = self.memory_encoder(features, mask, projected)
         if self.config.is_sam21:
             absent = (object_score <= 0).float()[..., None, None]  # (B, 1, 1, 1)
             memory = memory + absent * self.no_obj_embed_spatial[..., None, None]
         return memory, pos
+
+    def memory_frame_projection(self, features: torch.Tensor) -> torch.Tensor:
+        """The memory encoder's object-independent projection of a frame's features."""
+        return self.memory_encoder.pix_feat_proj(features)
 
     def upscale_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         """(B, M, 4E, 4E) -> (B, M, S, S) bilinear, as the trackers use for memory encoding."""

@@ -1,0 +1,216 @@
+"""The command line's arguments (argparse): one sub-parser per command."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import weights
+from ..model.config import DEFAULT_MODEL, MODEL_NAMES
+from . import tools
+from .common import PROG
+from .segment import segment
+
+
+def _image_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0 or value % 64:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 64, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Segment and track objects in image stacks with SAM 2 (napari-sam2).",
+        epilog="Exit codes: 0 ok, 1 I/O or unexpected error, 2 bad usage or input, 3 weights "
+        "unavailable, 130 interrupted (Ctrl+C), 143 terminated (SIGTERM). See docs/cli.md.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tools.version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    seg = commands.add_parser(
+        "segment",
+        parents=[debug],
+        help="track prompted objects through stacks into label volumes",
+        description="Track objects through each stack and write a label volume (one label "
+        "value per object id) of the stack's (T, H, W) shape. The objects come from a CSV of "
+        "clicks and boxes, from a label image (every id one object), or, with --auto, from "
+        "segmenting everything on one frame.",
+    )
+    seg.add_argument(
+        "stacks",
+        nargs="+",
+        metavar="STACK",
+        help="TIFF / OME-TIFF, .npy or zarr stack; glob patterns are expanded (quote them)",
+    )
+    seg.add_argument(
+        "--prompts",
+        "-p",
+        metavar="PROMPTS",
+        help="CSV of clicks/boxes (docs/cli.md) or a label image (.tif, .tiff, .npy: every id "
+        "> 0 becomes an object, on --prompt-frame), used for every stack; or a folder holding "
+        "<stack name>.csv for each stack",
+    )
+    seg.add_argument(
+        "--prompt-frame",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the frame a label-image PROMPTS belongs to (default 0); a (T, H, W) label volume "
+        "gives its frame N",
+    )
+    seg.add_argument(
+        "--auto",
+        type=int,
+        metavar="FRAME",
+        help="instead of --prompts: segment everything SAM 2 finds on FRAME, then track every "
+        "object found",
+    )
+    seg.add_argument(
+        "--points-per-side",
+        type=int,
+        default=32,
+        metavar="N",
+        help="--auto: clicks per side of the grid (default 32: 1,024 clicks)",
+    )
+    seg.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.8,
+        metavar="X",
+        help="--auto: keep masks whose predicted IoU is above X, in [0, 1] (default 0.8)",
+    )
+    seg.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=0.95,
+        metavar="X",
+        help="--auto: keep masks whose stability score is at least X, in [0, 1] (default 0.95)",
+    )
+    seg.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="OUT",
+        help="label file (.tif or .zarr) for one stack; a folder for several "
+        "(<stack name>_labels.tif in it)",
+    )
+    seg.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=MODEL_NAMES,
+        metavar="MODEL",
+        help=f"SAM 2 model (default {DEFAULT_MODEL}; one of {', '.join(MODEL_NAMES)})",
+    )
+    seg.add_argument(
+        "--checkpoint", metavar="PATH", help="official .pt file (default: download / cache)"
+    )
+    seg.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best found)")
+    seg.add_argument(
+        "--direction",
+        default="both",
+        choices=("forward", "backward", "both"),
+        help="propagate from the prompted frames forward, backward or both (default)",
+    )
+    seg.add_argument(
+        "--axis",
+        type=int,
+        help="for data with two axes before (Y, X), e.g. (T, Z, Y, X): the one to track (0/1)",
+    )
+    seg.add_argument(
+        "--index", type=int, help="with --axis: the position on the other axis (e.g. the z)"
+    )
+    seg.add_argument("--start", type=int, help="first frame of the range to track")
+    seg.add_argument("--stop", type=int, help="last frame of the range to track (inclusive)")
+    seg.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=1024,
+        metavar="N",
+        help="network input side, a multiple of 64 (default 1024, as trained): smaller is "
+        "faster and less accurate",
+    )
+    seg.add_argument(
+        "--channel", type=int, default=0, help="channel of multichannel data (default 0)"
+    )
+    seg.add_argument(
+        "--format",
+        choices=("tif", "zarr"),
+        default="tif",
+        help="output format when OUT is a folder (default tif)",
+    )
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument(
+        "--spill-dir", metavar="DIR", help="where tracking memory of old frames is kept on disk"
+    )
+    _add_cache_dir(seg)
+    seg.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    seg.set_defaults(run=segment)
+
+    down = commands.add_parser(
+        "download",
+        parents=[debug],
+        help="download checkpoints into the cache",
+        description="Download official checkpoints into the cache (for offline use later).",
+    )
+    down.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        default=[DEFAULT_MODEL],
+        help=f"model names, or 'all' (default {DEFAULT_MODEL})",
+    )
+    down.add_argument(
+        "--no-verify",
+        action="store_true",
+        help=f"skip the SHA-256 check (also: {weights.SKIP_HASH_ENV}=1)",
+    )
+    _add_cache_dir(down)
+    down.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    down.set_defaults(run=tools.download)
+
+    view = commands.add_parser(
+        "view",
+        parents=[debug],
+        help="open napari with the SAM 2 widget and an image (default: a sample)",
+        description="Open napari with the SAM 2 widget docked and an image loaded: a file "
+        "napari can read, or one of the package's synthetic samples. Without --checkpoint the "
+        "official weights are fetched first (downloaded on first use).",
+    )
+    view.add_argument("image", nargs="?", help="a file to open (default: the sample)")
+    view.add_argument(
+        "--sample",
+        choices=["stack", "timelapse"],
+        default="stack",
+        help="which synthetic sample to open when no file is given",
+    )
+    view.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    view.add_argument("--checkpoint", metavar="PATH", help="official .pt file (skips download)")
+    _add_cache_dir(view)
+    view.set_defaults(run=tools.view)
+
+    info = commands.add_parser(
+        "info", parents=[debug], help="models cached, cache folder, device, versions"
+    )
+    _add_cache_dir(info)
+    info.set_defaults(run=tools.info)
+    return parser
+
+
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help=f"checkpoint cache (default: ${weights.CACHE_ENV} or the user cache folder)",
+    )

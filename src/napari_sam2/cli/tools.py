@@ -1,0 +1,127 @@
+"""``napari-sam2 download``, ``view`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .. import weights
+from ..io import InputError
+from ..model.config import MODEL_NAMES
+from .common import EXIT_OK, EXIT_WEIGHTS, PROG, WeightsUnavailable
+
+
+def download(args: argparse.Namespace) -> int:
+    names = list(MODEL_NAMES) if "all" in args.models else args.models
+    unknown = [n for n in names if n not in weights.REGISTRY]
+    if unknown:
+        raise InputError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)} or all"
+        )
+    failed = []
+    for name in names:
+        was_cached = weights.is_cached(name, args.cache_dir)
+        try:
+            path = weights.fetch(
+                name,
+                cache_dir=args.cache_dir,
+                progress=not args.quiet,
+                verify=False if args.no_verify else None,
+            )
+        except weights.WeightsError as e:
+            print(f"{PROG}: error: {name}: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        print(f"{name}: {path}" + (" (already cached)" if was_cached else " (downloaded)"))
+    return EXIT_WEIGHTS if failed else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ view
+def _check_display() -> None:
+    """napari needs a screen. Without one, Qt aborts the process (exit -6) with a message that
+    does not say what to do: say it here, before anything loads."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return  # macOS and Windows always have a screen; an explicit Qt platform is trusted
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    raise InputError(
+        "napari needs a display, and none was found (DISPLAY and WAYLAND_DISPLAY are unset). "
+        "Run `view` in a desktop session (or over `ssh -X`), under a virtual screen with "
+        "`xvfb-run -a napari-sam2 view ...`, or segment without a viewer with "
+        "`napari-sam2 segment` (docs/cli.md)"
+    )
+
+
+def view(args: argparse.Namespace) -> int:
+    _check_display()
+    if args.image and not Path(args.image).exists():
+        raise InputError(f"image not found: {args.image}")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = str(weights.fetch(args.model, cache_dir=args.cache_dir))
+    elif not Path(checkpoint).is_file():
+        raise WeightsUnavailable(f"checkpoint file not found: {checkpoint}")
+    import napari
+
+    from .._qt.widget import SAM2Widget
+    from .._sample_data import make_sample_stack, make_sample_timelapse
+
+    viewer = napari.Viewer(title="napari-sam2")
+    if args.image:
+        viewer.open(args.image)
+    else:
+        make = make_sample_stack if args.sample == "stack" else make_sample_timelapse
+        for data, meta, _ in make():
+            viewer.add_image(data, **meta)
+    widget = SAM2Widget(viewer)
+    widget.model_name.value = args.model
+    widget.checkpoint.value = checkpoint
+    viewer.window.add_dock_widget(widget, name="SAM 2", area="right")
+    napari.run()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ info
+def version(package: str = "napari-sam2") -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def info(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..model.checkpoint import pick_device
+
+    cache = weights.get_cache_dir(args.cache_dir)
+    source = (
+        "--cache-dir"
+        if args.cache_dir
+        else f"${weights.CACHE_ENV}"
+        if os.environ.get(weights.CACHE_ENV)
+        else "default"
+    )
+    mps = getattr(torch.backends, "mps", None)
+    print(f"napari-sam2 {version()}")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        + ", ".join(f"{p} {version(p)}" for p in ("numpy", "tifffile", "zarr", "napari"))
+    )
+    print(
+        f"device: {pick_device()} (CUDA: {'yes' if torch.cuda.is_available() else 'no'}, "
+        f"MPS: {'yes' if mps is not None and mps.is_available() else 'no'})"
+    )
+    print(f"cache: {cache} ({source})")
+    print("models:")
+    for name in MODEL_NAMES:
+        entry = weights.REGISTRY[name]
+        size = f"{entry.size / 1e6:,.0f} MB" if entry.size else "size ?"
+        path = weights.cached_path(name, args.cache_dir)
+        state = f"cached      {path}" if path.is_file() else f"not cached  {entry.url}"
+        print(f"  {name:<24} {size:>8}  {state}")
+    return EXIT_OK

@@ -1,0 +1,135 @@
+"""What each object attends to on a frame, and many objects conditioned on it in batches.
+
+For every object, SAM 2 reads its conditioning frames' mask memories, the memories of the
+``num_maskmem - 1`` frames before this one in the direction of travel, and up to
+``max_obj_ptrs`` object pointers (conditioning frames first, then the recent frames).
+:func:`memory_plan` lists those records; :func:`batches` groups objects whose plans have the
+same size — their memories stack without padding — into batches of a bounded size, so that peak
+memory does not grow with the number of objects; :func:`condition` runs memory attention for one
+batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ..model import SAM2Model
+from ..model.common import sine_position_encoding
+from .memory_bank import FrameRecord, ObjectMemory
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The records one object attends to on one frame.
+
+    mask_memories: (temporal slot, record); slot ``num_maskmem - 1`` is a conditioning frame,
+    lower slots are recent frames (slot 0 the furthest back). pointers: (frame offset, record).
+    """
+
+    obj: ObjectMemory
+    mask_memories: tuple[tuple[int, FrameRecord], ...]
+    pointers: tuple[tuple[int, FrameRecord], ...]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(mask memories, pointers): plans of one size stack without padding."""
+        return len(self.mask_memories), len(self.pointers)
+
+
+def memory_plan(
+    obj: ObjectMemory,
+    frame: int,
+    reverse: bool,
+    *,
+    num_maskmem: int,
+    max_ptrs: int,
+    num_frames: int,
+) -> MemoryPlan:
+    """The records ``obj`` attends to on ``frame`` (no tensor work: references only)."""
+    mems = [(num_maskmem - 1, r) for r in obj.cond.values()]
+    for t_pos in range(1, num_maskmem):
+        t_rel = num_maskmem - t_pos  # frames back along the direction of travel
+        prev = obj.history.get(frame + t_rel if reverse else frame - t_rel)
+        if prev is not None:
+            mems.append((num_maskmem - t_pos - 1, prev))
+    sign = -1 if reverse else 1
+    ptrs = [
+        ((frame - t) * sign, r)
+        for t, r in obj.cond.items()
+        if ((t >= frame) if reverse else (t <= frame))
+    ]
+    for t_diff in range(1, max_ptrs):
+        t = frame + t_diff if reverse else frame - t_diff
+        if not 0 <= t < num_frames:
+            break
+        r = obj.history.get(t)
+        if r is not None:
+            ptrs.append((t_diff, r))
+    return MemoryPlan(obj, tuple(mems), tuple(ptrs))
+
+
+def batches(plans: Iterable[MemoryPlan], max_batch: int) -> list[list[MemoryPlan]]:
+    """Plans grouped by size (first appearance order), each group cut into batches of at most
+    ``max_batch``: memories within a batch stack without padding."""
+    groups: dict[tuple[int, int], list[MemoryPlan]] = {}
+    for plan in plans:
+        groups.setdefault(plan.size, []).append(plan)
+    return [
+        group[i : i + max_batch]
+        for group in groups.values()
+        for i in range(0, len(group), max_batch)
+    ]
+
+
+def condition(
+    model: SAM2Model,
+    plans: list[MemoryPlan],
+    features: torch.Tensor,
+    pos: torch.Tensor,
+    max_ptrs: int,
+    frame_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The frame's (1, C, E, E) ``features`` conditioned on each plan's memory: (B, C, E, E).
+    All plans must have the same :attr:`MemoryPlan.size`. ``frame_tokens``: the frame's
+    :meth:`~napari_sam2.model.SAM2Model.memory_frame_tokens`, shared by every batch."""
+    cfg = model.config
+    if len({p.size for p in plans}) != 1:
+        raise ValueError("condition() needs plans of one size; group them with batches()")
+    memory, memory_pos = [], []
+    grid = None
+    n_ptr_tokens = 0
+    for plan in plans:
+        tokens, token_pos = [], []
+        for slot, r in plan.mask_memories:
+            t = r.memory.flatten(2).transpose(1, 2)[0].float()  # (EE, mem_dim)
+            if grid is None:
+                grid = _memory_pos(t.shape[0], cfg.mem_dim, t.device)
+            tokens.append(t)
+            token_pos.append(grid + model.maskmem_tpos_enc[slot].reshape(1, -1))
+        if plan.pointers:
+            split = cfg.hidden_dim // cfg.mem_dim
+            offsets = torch.tensor([o for o, _ in plan.pointers], device=features.device)
+            ptr = torch.cat([r.pointer for _, r in plan.pointers]).reshape(-1, cfg.mem_dim)
+            ptr_pos = model.object_pointer_pos(offsets, max(max_ptrs - 1, 1))
+            tokens.append(ptr)  # (n * split, mem_dim): each pointer split into mem_dim pieces
+            token_pos.append(ptr_pos.repeat_interleave(split, dim=0))
+            n_ptr_tokens = ptr.shape[0]
+        memory.append(torch.cat(tokens))
+        memory_pos.append(torch.cat(token_pos))
+    return model.condition_on_memory(
+        features,
+        pos,
+        torch.stack(memory),
+        torch.stack(memory_pos),
+        n_ptr_tokens,
+        frame_tokens=frame_tokens,
+    )
+
+
+def _memory_pos(n: int, dim: int, device) -> torch.Tensor:
+    """(n, dim) sine encoding of the square memory grid (the memory encoder's own PE)."""
+    side = int(round(n**0.5))
+    return sine_position_encoding(side, side, dim, device).flatten(1).transpose(0, 1)
