@@ -43,14 +43,9 @@ def small_model():
 def mini_model():
     """sam2.1_hiera_tiny at a 128-pixel input: every part of the network runs, ~20 ms a frame.
     The object-score head is pushed towards "present", so that tracked masks are real."""
-    from official import randomize_
+    from official import random_tiny
 
-    torch.manual_seed(0)
-    model = SAM2Model(CONFIGS["sam2.1_hiera_tiny"].with_image_size(128))
-    randomize_(model, seed=2)
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias += 1.0
-    return model.eval()
+    return random_tiny(128, seed=2, object_bias=1.0)
 
 
 @pytest.fixture

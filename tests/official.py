@@ -47,3 +47,15 @@ def build_official(name: str, seed: int = 0, video: bool = False, overrides=()):
 def save_checkpoint(model: torch.nn.Module, path) -> None:
     """Save in the official file format."""
     torch.save({"model": model.state_dict()}, path)
+
+
+def random_tiny(image_size: int, seed: int, object_bias: float = 0.0):
+    """Our sam2.1_hiera_tiny at ``image_size`` with seeded random weights, in eval mode;
+    ``object_bias`` pushes the object-score head towards "present" so that masks are real."""
+    from napari_sam2.model import CONFIGS, SAM2Model
+
+    torch.manual_seed(0)
+    model = randomize_(SAM2Model(CONFIGS["sam2.1_hiera_tiny"].with_image_size(image_size)), seed)
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias += object_bias
+    return model.eval()

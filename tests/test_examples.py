@@ -75,3 +75,18 @@ def test_segment_stack_example(random_tiny_checkpoint, tmp_path, monkeypatch, ca
     assert labels.shape == (32, 192, 256)
     assert set(np.unique(labels)) <= {0, 1, 2}
     assert "clicks on slice 16" in capsys.readouterr().out
+
+
+def test_track_everything_example(random_tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "labels.tif"
+    args = ["--checkpoint", random_tiny_checkpoint, "--output", out, "--device", "cpu"]
+    # random weights predict low quality: open the filters so that masks survive them
+    args += ["--image-size", 128, "--frames", 3, "--points-per-side", 4]
+    args += ["--pred-iou-thresh", 0, "--stability-score-thresh", 0]
+    run_example("track_everything.py", args, monkeypatch)
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 192, 256) and labels.dtype == np.uint16
+    printed = capsys.readouterr().out
+    found = int(printed.split("frame 0: ")[1].split(" objects")[0])
+    assert found >= 1 and set(np.unique(labels)) <= set(range(found + 1))
+    assert (labels[0] > 0).any() and "3 frames in" in printed

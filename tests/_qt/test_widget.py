@@ -6,27 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from qt_helpers import wait
 
 from napari_sam2._qt import layers as L
 from napari_sam2._qt.widget import SAM2Widget
-from napari_sam2.model import CONFIGS, SAM2Model
 
 pytestmark = pytest.mark.display  # napari's canvas needs OpenGL: Xvfb in CI (scripts/test.sh)
-
-TIMEOUT = 60_000
-
-
-@pytest.fixture(scope="module")
-def model():
-    from official import randomize_
-
-    torch.manual_seed(0)
-    m = SAM2Model(CONFIGS["sam2.1_hiera_tiny"].with_image_size(128))
-    randomize_(m, seed=4)
-    with torch.no_grad():  # objects judged present, so every click gives a visible mask
-        m.sam_mask_decoder.pred_obj_score_head.layers[2].bias += 5.0
-    return m.eval()
 
 
 def stack(t=6, h=40, w=56):
@@ -35,13 +20,6 @@ def stack(t=6, h=40, w=56):
     for i in range(t):
         data[i][(rr - 15 - i) ** 2 + (cc - 20 - i) ** 2 < 8**2] = 3000
     return data
-
-
-def wait(qtbot, widget):
-    """Until every background worker of the widget has finished and its signals arrived."""
-    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
-    qtbot.wait(50)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
 
 
 @pytest.fixture

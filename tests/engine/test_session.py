@@ -121,3 +121,45 @@ def test_propagate_through_the_session_and_close_between_frames(mini_model):
     assert [next(run).frame for _ in range(2)] == [0, 1]
     run.close()
     assert [r.frame for r in session.propagate("forward")] == [2, 3, 4]
+
+
+# ---------------------------------------------------------------- mask prompts
+def _discs(t=4, h=40, w=56):
+    rr, cc = np.mgrid[:h, :w]
+    stack = np.full((t, h, w), 20, np.uint8)
+    labels = np.zeros((h, w), np.uint16)
+    for i, (r, c) in enumerate([(12, 14), (26, 40)]):
+        stack[:, (rr - r) ** 2 + (cc - c) ** 2 < 36] = 200
+        labels[(rr - r) ** 2 + (cc - c) ** 2 < 36] = 5 + i
+    return stack, labels
+
+
+def test_label_prompts_survive_click_syncs_and_clicks_refine_them(mini_model):
+    stack, labels = _discs()
+    session = PromptSession(mini_model, stack)
+    first = session.add_label_prompts(1, labels)
+    assert first.result.obj_ids == (5, 6) and session.mask_prompted(1) == {5, 6}
+    mask_only = first.result.logits[0].copy()
+    # a click for another object on the same frame leaves the masks alone
+    session.sync_frame(1, [PointRow(9, 1, 30, 10, True)], [])
+    assert session.obj_ids == (5, 6, 9)
+    # a negative click on object 5 refines its mask; removing it gives the mask back
+    refined = session.sync_frame(1, [PointRow(5, 1, 12, 14, False)], []).result
+    assert not np.allclose(refined.logits[0], mask_only)
+    back = session.sync_frame(1, [], []).result
+    np.testing.assert_allclose(back.logits[0], mask_only, atol=1e-5)
+    assert session.obj_ids == (5, 6)  # object 9 had only its click: removed
+    assert set(session.tracker.prompted_frames()) == {1}
+
+
+def test_an_erased_object_becomes_absent_on_that_frame(mini_model):
+    stack, labels = _discs()
+    session = PromptSession(mini_model, stack)
+    session.add_label_prompts(0, labels)
+    erased = np.where(labels == 6, 0, labels)
+    res = session.add_label_prompts(0, erased, obj_ids=[6])
+    assert res.result.obj_ids == (5, 6)
+    assert (res.result.logits[1] < 0).all()  # absent on frame 0
+    assert session.mask_prompted(0) == {5, 6}
+    tracked = list(session.propagate())
+    assert [r.frame for r in tracked] == [0, 1, 2, 3]

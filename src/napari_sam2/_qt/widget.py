@@ -32,6 +32,7 @@ from ..engine.stack import StackError, StackGeometry
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
 from ..weights import WeightsError
 from . import layers as L
+from .objects import ObjectTools
 
 # Errors that are the user's to fix (bad file, offline, bad prompt): shown as a message, not as a
 # traceback. Anything else is a bug and reaches napari's error reporting.
@@ -54,7 +55,7 @@ def _guarded(fn):
 
         def generator(*args):
             try:
-                yield from fn(*args)
+                return (yield from fn(*args))
             except EXPECTED_ERRORS as e:
                 yield _Failure(e)
 
@@ -117,6 +118,8 @@ class SAM2Widget(Container):
         self.propagate_button = PushButton(text="Propagate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Pick an image and press Start.")
+        self._cancel_action = None  # what Cancel stops: a propagation, segment everything
+        self.objects = ObjectTools(self)
         self.extend(
             [
                 self.image,
@@ -131,6 +134,7 @@ class SAM2Widget(Container):
                 self.new_object,
                 self.negative,
                 self.undo,
+                self.objects,
                 self.direction,
                 self.first,
                 self.last,
@@ -147,7 +151,7 @@ class SAM2Widget(Container):
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(lambda *_: self.stack_axis.reset_choices())
-        viewer.layers.events.inserted.connect(lambda *_: self.image.reset_choices())
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.dims.events.current_step.connect(self._on_slider)
         self._set_session_enabled(False)
@@ -237,7 +241,11 @@ class SAM2Widget(Container):
             "translate": image.translate[: geometry.ndim_spatial],
         }
         ndim = geometry.ndim_spatial
+        if self.labels_layer is not None:
+            self.labels_layer.events.paint.disconnect(self.objects.on_paint)
         self.labels_layer = self._labels_layer(geometry, common)
+        self.labels_layer.events.paint.connect(self.objects.on_paint)
+        self.objects.source.reset_choices()
         if self.points is None or self.points not in self.viewer.layers:
             self.points = self.viewer.add_points(
                 np.zeros((0, ndim)),
@@ -310,11 +318,17 @@ class SAM2Widget(Container):
 
     def next_object(self, *_) -> None:
         """Start a new object: the next unused id."""
-        used = [int(self.obj_id.value)]
+        self.obj_id.value = max([int(self.obj_id.value), *self.used_ids()]) + 1
+
+    def used_ids(self) -> list[int]:
+        """Object ids in use: in the prompt layers and in the tracker."""
+        used = []
         for layer in (self.points, self.boxes):
             if layer is not None and len(layer.data):
                 used.extend(int(v) for v in layer.features[L.OBJ_ID])
-        self.obj_id.value = max(used) + 1
+        if self.session is not None:
+            used.extend(self.session.obj_ids)
+        return used
 
     def undo_last_click(self, *_) -> None:
         """Remove the most recently added click (its slice is segmented again)."""
@@ -353,17 +367,42 @@ class SAM2Widget(Container):
         if outcome.removed:
             L.erase_objects(self.labels_layer, outcome.removed)
         if outcome.result is not None:
-            L.write_result(self.labels_layer, self.geometry, outcome.result, undoable=True)
+            self.write_result(outcome.result, undoable=True)
+
+    def show_sync(self, outcome) -> None:
+        """Show the result of a prompt change (masks of new objects stay as in the layer)."""
+        if outcome.result is not None:
+            self.write_result(outcome.result, undoable=True)
+
+    def write_result(self, result, undoable: bool) -> None:
+        """Write a frame's result into SAM2 labels, leaving alone the objects whose prompt on
+        that frame is a mask (their labels there are the user's or the generator's)."""
+        masked = self.session.mask_prompted(result.frame) if self.session is not None else ()
+        if masked:
+            result = result.without(masked)
+        self.objects._writing = True
+        try:
+            L.write_result(self.labels_layer, self.geometry, result, undoable=undoable)
+        finally:
+            self.objects._writing = False
+
+    def label_view(self):
+        """SAM2 labels as (T, H, W) frames of the tracked axis."""
+        return self.geometry.label_frames(self.labels_layer.data)
+
+    def current_frame(self) -> int:
+        """The tracked slice shown by the viewer."""
+        if self.geometry.stack_axis is None:
+            return 0
+        position = self.image_layer.world_to_data(self.viewer.dims.point)
+        frame = round(position[self.geometry.stack_axis])
+        return int(np.clip(frame, 0, self.geometry.num_frames - 1))
 
     def _on_slider(self, *_) -> None:
         """Embed the slice now shown, in the background, so the first click on it is fast."""
         if self.session is None or self.geometry.stack_axis is None or self.busy:
             return
-        position = self.image_layer.world_to_data(self.viewer.dims.point)
-        frame = int(
-            np.clip(round(position[self.geometry.stack_axis]), 0, self.geometry.num_frames - 1)
-        )
-        self._run(self.session.embed, frame, quiet=True)
+        self._run(self.session.embed, self.current_frame(), quiet=True)
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, *_) -> None:
@@ -378,10 +417,9 @@ class SAM2Widget(Container):
         except ValueError as e:  # PromptError, bad range
             show_error(str(e))
             return
-        self._progress = progress(total=total, desc="SAM 2: propagating")
-        self.cancel_button.enabled = True
         self.propagate_button.enabled = False
         self.status.value = f"Propagating {self.direction.value} ({total} frames)…"
+        # Signals reach this (main) thread after this method returns: the bar exists by then.
         self.propagation_worker = self._run(
             self.session.propagate,
             self.direction.value,
@@ -390,26 +428,46 @@ class SAM2Widget(Container):
             yielded=self._show_frame,
             finished=self._propagation_done,
         )
+        self.start_progress(total, "SAM 2: propagating", cancel=self.propagation_worker.quit)
 
     def _show_frame(self, result) -> None:
-        L.write_result(self.labels_layer, self.geometry, result, undoable=False)
+        self.write_result(result, undoable=False)
         self.labels_layer.refresh()
-        if self._progress is not None:
-            self._progress.update(1)
+        self.advance_progress(1)
 
     def cancel(self, *_) -> None:
-        """Stop the propagation after the frame in progress; results so far are kept."""
-        if self.propagation_worker is not None:
-            self.propagation_worker.quit()
-        self.status.value = "Cancelling after the current frame…"
+        """Stop the work in progress (a propagation after the frame being computed, segment
+        everything after the batch of clicks being decoded); results so far are kept."""
+        if self._cancel_action is not None:
+            self._cancel_action()
+        self.status.value = "Cancelling…"
+
+    def start_progress(self, total: int, desc: str, cancel) -> None:
+        """A progress bar for long work, and what Cancel does meanwhile."""
+        self._progress = progress(total=total, desc=desc)
+        self._cancel_action = cancel
+        self.cancel_button.enabled = True
+
+    def advance_progress(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.update(n)
+
+    def end_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._cancel_action = None
+        self.cancel_button.enabled = False
+
+    def show_problem(self, message: str) -> None:
+        """A mistake of the user's: the status line and a notification."""
+        self.status.value = message
+        show_error(message)
 
     def _propagation_done(self) -> None:
         done = self._progress.n if self._progress is not None else 0
         total = self._progress.total if self._progress is not None else 0
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.cancel_button.enabled = False
+        self.end_progress()
         self.propagate_button.enabled = True
         if done < total:
             self.status.value = f"Stopped after {done} of {total} frames; Propagate continues."
@@ -417,8 +475,13 @@ class SAM2Widget(Container):
             self.status.value = f"Propagated {done} frames."
             show_info(f"SAM 2: propagated {done} frames")
 
+    def _on_layer_inserted(self, *_) -> None:
+        self.image.reset_choices()
+        self.objects.source.reset_choices()
+
     def _on_layer_removed(self, event) -> None:
         self.image.reset_choices()
+        self.objects.source.reset_choices()
         if event.value is self.image_layer:
             self.end_session()
 
@@ -439,6 +502,7 @@ class SAM2Widget(Container):
     def _set_session_enabled(self, on: bool) -> None:
         for w in (self.new_object, self.undo, self.propagate_button):
             w.enabled = on
+        self.objects.set_enabled(on)
 
     def _run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
         worker = create_worker(_guarded(fn), *args)
@@ -471,10 +535,7 @@ class SAM2Widget(Container):
         return bool(self._workers)  # from creation (not just from start) until finished
 
     def _on_error(self, error: Exception) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.cancel_button.enabled = False
+        self.end_progress()
         self.propagate_button.enabled = self.session is not None
         self.status.value = f"Error: {error}"
         show_error(f"SAM 2: {error}")

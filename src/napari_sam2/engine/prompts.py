@@ -147,12 +147,15 @@ def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray:
     return values
 
 
-def label_ids(labels, shape: tuple[int, int], obj_ids=None) -> tuple[np.ndarray, list[int]]:
+def label_ids(
+    labels, shape: tuple[int, int], obj_ids=None, allow_absent: bool = False
+) -> tuple[np.ndarray, list[int]]:
     """Check a label image used as prompts and choose its objects.
 
     ``labels``: (H, W) of ``shape``, integers (or bool: one object, id 1); 0 is background.
     Returns the label image as an array and the object ids to prompt: every id > 0 present, in
-    increasing order, or ``obj_ids`` (each must be present). Raises :class:`PromptError`."""
+    increasing order, or ``obj_ids`` (each must be present, unless ``allow_absent``).
+    Raises :class:`PromptError`."""
     try:
         lab = np.asarray(labels)
     except (TypeError, ValueError) as e:
@@ -180,7 +183,7 @@ def label_ids(labels, shape: tuple[int, int], obj_ids=None) -> tuple[np.ndarray,
         return lab, present
     wanted = [int(i) for i in obj_ids]
     missing = sorted(set(wanted) - set(present))
-    if missing:
+    if missing and not allow_absent:
         raise PromptError(
             f"object id(s) {missing[:10]} are not in the labels (they hold "
             f"{present[:10]}{' ...' if len(present) > 10 else ''})"

@@ -49,6 +49,16 @@ class FrameResult:
             else:
                 yield start, self._upscale(self._low_res[start : start + size])
 
+    def without(self, obj_ids) -> FrameResult:
+        """The same result without the objects ``obj_ids`` (e.g. objects whose labels on this
+        frame must stay as the user painted them)."""
+        drop = set(obj_ids)
+        keep = [i for i, o in enumerate(self.obj_ids) if o not in drop]
+        ids = tuple(self.obj_ids[i] for i in keep)
+        if self._logits is not None:
+            return FrameResult(self.frame, ids, self._logits[keep])
+        return FrameResult(self.frame, ids, low_res=self._low_res[keep], shape=self.shape)
+
     def _upscale(self, low_res: torch.Tensor) -> np.ndarray:
         if len(low_res) == 0:
             return np.zeros((0, *self.shape), np.float32)

@@ -48,14 +48,22 @@ class PromptSession:
     ``sync_frame(frame, points, boxes)`` takes *all* the clicks and boxes currently on that
     frame; objects whose prompts changed are re-prompted (replacing their old prompt there),
     objects whose prompts disappeared are cleared there, and objects left with no prompt
-    anywhere are removed. Calls are serialised by a lock, so a front end may call from worker
-    threads (e.g. a click while a propagation runs waits for the frame in progress).
+    anywhere are removed.
+
+    Masks are prompts too: :meth:`add_label_prompts` makes objects of a label image's ids
+    (segment everything, a Cellpose layer, painted corrections). An object's prompt on a frame is
+    then its mask, refined by its clicks there, if any; the mask stays when the clicks go.
+
+    Calls are serialised by a lock, so a front end may call from worker threads (e.g. a click
+    while a propagation runs waits for the frame in progress).
     """
 
     def __init__(self, model: SAM2Model, frames, **tracker_options) -> None:
         self.tracker = VideoTracker(model, frames, **tracker_options)
         self.lock = threading.RLock()
         self._synced: dict[tuple[int, int], tuple] = {}  # (frame, obj_id) -> prompt signature
+        # frame -> the label image its mask prompts were taken from, and the ids taken
+        self._label_prompts: dict[int, tuple[np.ndarray, set[int]]] = {}
 
     def sync_frame(self, frame: int, points: list[PointRow], boxes: list[BoxRow]) -> SyncResult:
         with self.lock:
@@ -67,8 +75,8 @@ class PromptSession:
                 if b.frame == frame:
                     clicks = wanted.get(b.obj_id, ([], None))[0]
                     wanted[b.obj_id] = (clicks, b)  # one box per object and frame: the last
-            tracker = self.tracker
-            result = None
+            masked = self.mask_prompted(frame)
+            changed = False
             for obj_id, (clicks, box) in wanted.items():
                 signature = (
                     tuple((p.row, p.col, p.positive) for p in clicks),
@@ -76,29 +84,89 @@ class PromptSession:
                 )
                 if self._synced.get((frame, obj_id)) == signature:
                     continue
-                result = tracker.add_prompt(
-                    frame,
-                    obj_id,
-                    points=[(p.row, p.col) for p in clicks] or None,
-                    labels=[int(p.positive) for p in clicks] or None,
-                    box=None if box is None else box.box,
-                    replace=True,
-                )
+                self._prompt(frame, obj_id, clicks, box, obj_id in masked)
                 self._synced[(frame, obj_id)] = signature
-            removed, cleared = [], False
+                changed = True
+            removed = []
             for f, obj_id in list(self._synced):
                 if f == frame and obj_id not in wanted:
                     del self._synced[(f, obj_id)]
-                    if not any(o == obj_id for _, o in self._synced):
-                        tracker.remove_object(obj_id)
+                    changed = True
+                    if obj_id in masked:  # the clicks went, the mask stays
+                        self._prompt(frame, obj_id, [], None, True)
+                    elif not self._has_prompts(obj_id):
+                        self.tracker.remove_object(obj_id)
                         removed.append(obj_id)
                     else:
-                        tracker.clear_prompts(frame, obj_id)
-                        cleared = True
-            changed = result is not None or bool(removed) or cleared
-            if changed and tracker.obj_ids:
-                result = tracker.result(frame)  # every object's current mask on this frame
+                        self.tracker.clear_prompts(frame, obj_id)
+            result = None
+            if changed and self.tracker.obj_ids:
+                result = self.tracker.result(frame)  # every object's current mask on this frame
             return SyncResult(frame, result, tuple(removed))
+
+    def add_label_prompts(self, frame: int, labels: np.ndarray, obj_ids=None) -> SyncResult:
+        """Make each id of ``labels`` (or only ``obj_ids``) an object prompted by its mask on
+        ``frame``.
+
+        ``labels`` is the frame's whole (H, W) label image as the user sees it now; it replaces
+        the one earlier mask prompts on this frame came from (which must agree with it for every
+        object not in ``obj_ids``). An id of ``obj_ids`` that the labels no longer hold (erased
+        by hand) is prompted as absent there. Clicks the object has on the frame refine its mask.
+        Returns the frame's result; ``removed`` lists ids too small for the model (not added)."""
+        with self.lock:
+            labels = np.array(labels, copy=True)
+            res = self.tracker.add_labels(frame, labels, obj_ids, allow_absent=obj_ids is not None)
+            _, before = self._label_prompts.get(frame, (None, set()))
+            self._label_prompts[frame] = (labels, before | set(res.obj_ids))
+            for obj_id in res.obj_ids:
+                signature = self._synced.get((frame, obj_id))
+                if signature is not None:
+                    self._refine(frame, obj_id, *signature)
+            result = self.tracker.result(frame) if self.tracker.obj_ids else None
+            return SyncResult(frame, result, tuple(res.dropped))
+
+    def segment_everything(self, frame: int, progress=None, **options) -> list:
+        """Every object SAM 2 finds on ``frame``: the records of an
+        :class:`~napari_sam2.AutomaticMaskGenerator` with ``options``, seen as the tracker sees
+        the frame (channel, intensity window). Nothing is prompted: the caller chooses ids and
+        calls :meth:`add_label_prompts`. ``progress(done, total)`` may raise to cancel."""
+        from .automatic import AutomaticMaskGenerator
+
+        source = self.tracker.source
+        image = source.read(self.tracker.source.check_index(frame))
+        generator = AutomaticMaskGenerator(self.tracker.model, channel=source.channel, **options)
+        return generator.generate(image, progress=progress, window=source.window)
+
+    def mask_prompted(self, frame: int) -> set[int]:
+        """Ids of the objects whose prompt on ``frame`` is a mask (their labels there are the
+        user's: a front end should not overwrite them with the tracker's result)."""
+        with self.lock:
+            return set(self._label_prompts.get(frame, (None, set()))[1])
+
+    @property
+    def obj_ids(self) -> tuple[int, ...]:
+        with self.lock:
+            return self.tracker.obj_ids
+
+    def _has_prompts(self, obj_id: int) -> bool:
+        return any(o == obj_id for _, o in self._synced) or any(
+            obj_id in ids for _, ids in self._label_prompts.values()
+        )
+
+    def _prompt(self, frame, obj_id, clicks, box, masked: bool) -> None:
+        points = tuple((p.row, p.col, p.positive) for p in clicks)
+        box = None if box is None else box.box
+        if masked:  # the mask again, then the clicks on top of it
+            labels = self._label_prompts[frame][0]
+            self.tracker.add_labels(frame, labels, [obj_id], allow_absent=True)
+            self._refine(frame, obj_id, points, box)
+        else:
+            self.tracker.add_prompt(frame, obj_id, *_clicks(points, box), replace=True)
+
+    def _refine(self, frame, obj_id, points, box) -> None:
+        """Clicks (and a box) on top of the object's current mask on ``frame``."""
+        if points or box is not None:
+            self.tracker.add_prompt(frame, obj_id, *_clicks(points, box), replace=False)
 
     def synced_frames(self) -> set[int]:
         """Frames on which some object currently has a prompt from the tables."""
@@ -137,6 +205,13 @@ class PromptSession:
     def close(self) -> None:
         with self.lock:
             self.tracker.close()
+
+
+def _clicks(points, box):
+    """(points, labels, box) arguments of add_prompt from a prompt signature."""
+    coords = [(r, c) for r, c, _ in points] or None
+    labels = [int(positive) for _, _, positive in points] or None
+    return coords, labels, box
 
 
 def points_from_arrays(coords: np.ndarray, obj_ids, positive) -> list[PointRow]:

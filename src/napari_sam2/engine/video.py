@@ -198,25 +198,30 @@ class VideoTracker:
         return self.result(frame)
 
     @torch.inference_mode()
-    def add_labels(self, frame: int, labels, obj_ids=None) -> FrameResult:
+    def add_labels(
+        self, frame: int, labels, obj_ids=None, *, allow_absent: bool = False
+    ) -> LabelsResult:
         """Prompt every object of a label image on ``frame``: each id > 0 of ``labels`` (H, W)
         becomes the mask prompt of the object with that id, exactly as ``add_prompt(frame, id,
         mask=labels == id)`` would, all objects computed in batches. ``obj_ids`` limits it to
-        some ids (e.g. a correction of one object).
+        some ids (e.g. a correction of one object). With ``allow_absent``, an id of
+        ``obj_ids`` that the labels do not hold is prompted as absent on this frame (an empty
+        mask, as the official ``add_new_mask`` takes it: e.g. an object erased by hand).
 
         Returns the frame's result for the ids prompted (``.obj_ids``). Ids whose mask is too
         small to survive the resize to the model's input (a few pixels of a large frame) are
         not added: a warning names them, and they are in ``.dropped``."""
         self._check_open()
         frame = self.source.check_index(frame)
-        lab, ids = label_ids(labels, self.frame_shape, obj_ids)
+        lab, ids = label_ids(labels, self.frame_shape, obj_ids, allow_absent)
+        absent = set(ids) - set(np.unique(lab).tolist())
         ids = [_check_obj_id(i) for i in ids]
         emb = self._embedding(frame)
         added, dropped = [], []
         for start in range(0, len(ids), self.object_batch):
             chunk = ids[start : start + self.object_batch]
             masks = self._model_masks([lab == i for i in chunk])
-            kept = masks.flatten(1).any(dim=1)
+            kept = masks.flatten(1).any(dim=1) | torch.tensor([i in absent for i in chunk])
             dropped += [i for i, k in zip(chunk, kept.tolist()) if not k]
             chunk = [i for i, k in zip(chunk, kept.tolist()) if k]
             if not chunk:

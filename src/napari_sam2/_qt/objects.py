@@ -1,0 +1,353 @@
+"""Many objects in the widget: segment everything on a slice, take a Labels layer's slice as
+prompts (a Cellpose or StarDist result), and turn brush strokes in *SAM2 labels* into mask
+prompts, so that painted corrections are followed by propagation instead of overwritten.
+
+Every object made here is prompted by its mask on the slice (``PromptSession.add_label_prompts``);
+its labels on that slice stay exactly as they are in the layer (the widget does not write the
+tracker's low-resolution version of them back).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from napari.layers import Labels
+
+from ..engine.automatic import masks_to_labels
+from ..engine.labels import label_dtype_for
+
+if TYPE_CHECKING:
+    from .widget import SAM2Widget
+
+
+class Cancelled(Exception):
+    """Raised inside the automatic mask generator when the user cancels."""
+
+
+class ObjectTools(Container):
+    """The widget's *many objects* controls; ``widget`` is the :class:`SAM2Widget` they serve."""
+
+    def __init__(self, widget: SAM2Widget) -> None:
+        super().__init__(labels=True)
+        self.widget = widget
+        self.points_per_side = SpinBox(
+            label="everything: clicks per side",
+            min=2,
+            max=64,
+            value=32,
+            tooltip="Segment everything clicks a grid of this many points per side (32: 1,024)",
+        )
+        self.iou_threshold = FloatSpinBox(
+            label="everything: min. quality",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=0.8,
+            tooltip="Keep masks whose predicted IoU is above this (SAM 2's pred_iou_thresh)",
+        )
+        self.stability_threshold = FloatSpinBox(
+            label="everything: min. stability",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=0.95,
+            tooltip="Keep masks that change little when the threshold moves (SAM 2's "
+            "stability_score_thresh)",
+        )
+        self.segment_all = PushButton(text="Segment everything (this slice)")
+        self.source = ComboBox(label="labels layer", choices=self._label_layers)
+        self.source.tooltip = "A Labels layer (e.g. from Cellpose or StarDist) to take objects from"
+        self.from_labels = PushButton(text="Objects from labels (this slice)")
+        self.use_painted = PushButton(text="Painted mask → prompt (this object)")
+        self.use_painted.tooltip = (
+            "Use what is painted in SAM2 labels for the current object on this slice as its "
+            "prompt (brush strokes do this by themselves)"
+        )
+        self.extend(
+            [
+                self.points_per_side,
+                self.iou_threshold,
+                self.stability_threshold,
+                self.segment_all,
+                self.source,
+                self.from_labels,
+                self.use_painted,
+            ]
+        )
+        self.segment_all.changed.connect(self.segment_everything)
+        self.from_labels.changed.connect(self.objects_from_labels)
+        self.use_painted.changed.connect(self.painted_mask_as_prompt)
+        self._writing = False  # our own writes into SAM2 labels are not the user's painting
+        self._cancel = threading.Event()
+        self.set_enabled(False)
+
+    def _label_layers(self, *_):
+        own = self.widget.labels_layer
+        return [
+            layer
+            for layer in self.widget.viewer.layers
+            if isinstance(layer, Labels) and layer is not own
+        ]
+
+    def set_enabled(self, on: bool) -> None:
+        for w in (self.segment_all, self.from_labels, self.use_painted):
+            w.enabled = on
+
+    # ------------------------------------------------------------------ segment everything
+    def segment_everything(self, *_) -> None:
+        """Find every object on the slice shown, in the background, with a progress bar; each
+        mask becomes a new object (ids after the highest in use)."""
+        w = self.widget
+        if w.session is None:
+            return
+        frame = w.current_frame()
+        options = {
+            "points_per_side": int(self.points_per_side.value),
+            "pred_iou_thresh": float(self.iou_threshold.value),
+            "stability_score_thresh": float(self.stability_threshold.value),
+        }
+        total = options["points_per_side"] ** 2
+        w.start_progress(total, "SAM 2: segmenting everything", cancel=self._cancel.set)
+        self._cancel.clear()
+        w.status.value = f"Segmenting everything on slice {frame}…"
+        w._run(
+            self._generate,
+            frame,
+            options,
+            yielded=w.advance_progress,
+            returned=lambda records: self._add_found(frame, records),
+            finished=w.end_progress,
+        )
+
+    def _generate(self, frame: int, options: dict):
+        """A generator for a worker: yields clicks done, returns the records. The generator runs
+        in a thread of its own, so that progress reaches the bar and Cancel reaches it."""
+        session = self.widget.session
+        updates: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def report(done, total):
+            if self._cancel.is_set():
+                raise Cancelled()
+            updates.put(done)
+
+        def run():
+            try:
+                outcome["records"] = session.segment_everything(frame, report, **options)
+            except BaseException as e:  # handed to the worker thread below
+                outcome["error"] = e
+            finally:
+                updates.put(None)
+
+        thread = threading.Thread(target=run, name="napari-sam2-everything", daemon=True)
+        thread.start()
+        shown = 0
+        try:
+            while (done := updates.get()) is not None:
+                yield done - shown
+                shown = done
+        finally:  # also when the worker is quit: stop the generator thread, then wait for it
+            if thread.is_alive():
+                self._cancel.set()
+            thread.join()
+        if isinstance(outcome.get("error"), Cancelled):
+            return None
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["records"]
+
+    def _add_found(self, frame: int, records) -> None:
+        w = self.widget
+        if records is None:
+            w.status.value = "Segment everything cancelled; nothing was added."
+            return
+        if not records:
+            w.status.value = (
+                f"Nothing found on slice {frame}; lower 'everything: min. quality' or click."
+            )
+            return
+        start = self._next_id()
+        shape = w.geometry.spatial_shape
+        found = masks_to_labels(
+            records, shape, dtype=label_dtype_for(start + len(records)), start=start
+        )
+        self._add_objects(frame, found, f"Segment everything: {len(records)} objects")
+
+    # ------------------------------------------------------------------ labels layer
+    def objects_from_labels(self, *_) -> None:
+        """Every object of the chosen Labels layer's current slice becomes an object here."""
+        w = self.widget
+        layer = self.source.value
+        if w.session is None or layer is None:
+            w.show_problem("Pick a Labels layer (e.g. a Cellpose result) first.")
+            return
+        frame = w.current_frame()
+        try:
+            source = _slice_of(layer, w)
+        except ValueError as e:
+            w.show_problem(str(e))
+            return
+        ids = [int(i) for i in np.unique(source) if i > 0]
+        if not ids:
+            w.show_problem(f"'{layer.name}' has no labels on slice {frame}.")
+            return
+        used = set(w.used_ids())
+        if used & set(ids):  # keep the layer's ids unless they clash with objects in use
+            start = max(used) + 1
+            lookup = np.zeros(int(source.max()) + 1, dtype=label_dtype_for(start + len(ids)))
+            lookup[ids] = np.arange(start, start + len(ids))
+            source = lookup[source]
+            note = f" (renumbered from {start}: its ids were in use)"
+        else:
+            note = ""
+        self._add_objects(frame, source, f"'{layer.name}': {len(ids)} objects{note}")
+
+    # ------------------------------------------------------------------ painting
+    def painted_mask_as_prompt(self, *_) -> None:
+        """The current object's painted labels on the slice shown become its prompt there."""
+        w = self.widget
+        if w.session is None:
+            return
+        self.apply_painting({w.current_frame(): {int(w.obj_id.value)}})
+
+    def on_paint(self, event) -> None:
+        """napari's paint event of SAM2 labels: the painted objects become mask prompts on the
+        painted slices (new ids become new objects; erased objects are absent there)."""
+        w = self.widget
+        if self._writing or w.session is None:
+            return
+        touched = painted_objects(event.value, w.geometry)
+        objects = set(w.session.obj_ids)
+        for frame, (new, old) in touched.items():
+            ids = new | (old & objects)  # an erased label that is not an object stays unknown
+            if ids:
+                self.apply_painting({frame: ids})
+
+    def apply_painting(self, touched: dict[int, set[int]]) -> None:
+        w = self.widget
+        for frame, ids in touched.items():
+            labels = np.asarray(w.label_view()[frame])
+            w.status.value = f"Painted objects {sorted(ids)} on slice {frame} become prompts…"
+            w._run(
+                w.session.add_label_prompts,
+                frame,
+                labels,
+                sorted(ids),
+                returned=self._show_added,
+            )
+
+    # ------------------------------------------------------------------ shared
+    def _add_objects(self, frame: int, labels: np.ndarray, what: str) -> None:
+        """Write ``labels`` (new ids) into SAM2 labels where the slice is background, then
+        prompt every new id by its mask there."""
+        w = self.widget
+        view = w.label_view()
+        current = np.asarray(view[frame])
+        merged = np.where((current == 0) & (labels > 0), labels, current).astype(current.dtype)
+        # New objects are what shows through on background (masks hidden by others, or by labels
+        # already on the slice, do not become objects).
+        shown = np.unique(np.where(current == 0, labels, 0))
+        ids = [int(i) for i in shown if i > 0]
+        if not ids:
+            w.show_problem(f"{what}: every object overlaps labels already on slice {frame}.")
+            return
+        self.write_frame(frame, merged)
+        w.status.value = f"{what} on slice {frame}: prompting…"
+        w._run(
+            w.session.add_label_prompts,
+            frame,
+            merged,
+            ids,
+            returned=lambda outcome: self._show_added(outcome, what),
+        )
+
+    def _show_added(self, outcome, what: str = "Painted correction") -> None:
+        w = self.widget
+        w.show_sync(outcome)
+        dropped = f"; too small for the model: {list(outcome.removed)}" if outcome.removed else ""
+        w.status.value = f"{what} on slice {outcome.frame}: done{dropped}. Propagate to track them."
+
+    def write_frame(self, frame: int, new: np.ndarray) -> None:
+        """Write one slice of SAM2 labels as ours (not the user's painting), undoably."""
+        w = self.widget
+        view = w.label_view()
+        current = np.asarray(view[frame])
+        changed = np.nonzero(new != current)
+        if changed[0].size == 0:
+            return
+        lead = w.geometry.index(frame)
+        indices = tuple(np.full(changed[0].size, i) for i in lead) + changed
+        self._writing = True
+        try:
+            w.labels_layer.data_setitem(indices, new[changed])
+        finally:
+            self._writing = False
+
+    def _next_id(self) -> int:
+        return max(self.widget.used_ids(), default=0) + 1
+
+
+def _slice_of(layer: Labels, widget: SAM2Widget) -> np.ndarray:
+    """The (H, W) labels of ``layer`` on the slice shown, for a layer shaped like the image's
+    labels or a single (H, W) label image."""
+    geometry = widget.geometry
+    data = layer.data[0] if layer.multiscale else layer.data
+    if tuple(data.shape) == tuple(geometry.labels_shape):
+        return np.asarray(geometry.label_frames(data)[widget.current_frame()])
+    if tuple(data.shape) == tuple(geometry.spatial_shape):
+        return np.asarray(data)
+    raise ValueError(
+        f"'{layer.name}' has shape {tuple(data.shape)}; it must match the image "
+        f"{tuple(geometry.labels_shape)} or one slice {tuple(geometry.spatial_shape)}"
+    )
+
+
+def painted_objects(atoms, geometry) -> dict[int, tuple[set[int], set[int]]]:
+    """Slice -> (ids painted, ids painted over or erased) of napari's paint-event atoms, for the
+    tracked slices only (a stroke on another Z of a 4-D stack is not a prompt)."""
+    touched: dict[int, tuple[set[int], set[int]]] = {}
+
+    def note(frame, new, old):
+        entry = touched.setdefault(int(frame), (set(), set()))
+        entry[0].update(int(i) for i in new if i > 0)
+        entry[1].update(int(i) for i in old if i > 0)
+
+    for atom in atoms:
+        if hasattr(atom, "slice_key"):  # napari's masked atom: a bounding box and one value
+            old = np.unique(atom.old_values).tolist()
+            for frame in _frames_of_slices(atom.slice_key, geometry):
+                note(frame, [atom.new_value], old)
+            continue
+        indices, old_values, new_values = atom
+        n = len(indices[0])
+        old_values = np.broadcast_to(np.asarray(old_values), (n,))
+        new_values = np.broadcast_to(np.asarray(new_values), (n,))
+        on_track = np.ones(n, bool)
+        for axis, index in geometry.fixed.items():
+            on_track &= np.asarray(indices[axis]) == index
+        if geometry.stack_axis is None:
+            frames = np.zeros(n, int)
+        else:
+            frames = np.asarray(indices[geometry.stack_axis])
+        for frame in np.unique(frames[on_track]):
+            here = on_track & (frames == frame)
+            note(frame, np.unique(new_values[here]), np.unique(old_values[here]))
+    return touched
+
+
+def _frames_of_slices(key, geometry) -> list[int]:
+    for axis, index in geometry.fixed.items():
+        s = key[axis]
+        if not (s.start or 0) <= index < (s.stop if s.stop is not None else index + 1):
+            return []
+    if geometry.stack_axis is None:
+        return [0]
+    s = key[geometry.stack_axis]
+    return list(range(s.start or 0, s.stop if s.stop is not None else geometry.num_frames))
+
+
+__all__ = ["ObjectTools", "painted_objects"]
