@@ -5,7 +5,8 @@
 Same random weights (official checkpoint format, loaded with load_model on each device) and
 inputs on both devices; prints the largest logit difference of ImagePredictor and of
 VideoTracker (every frame), and seconds per image embedding and per tracked frame on the GPU.
-fp32 throughout (TF32 disabled, so differences show the implementation, not the precision).
+fp32 for the comparison (TF32 disabled, so differences show the implementation, not the
+precision); then the fast modes: precision="bf16", without and with compile=True.
 """
 
 from __future__ import annotations
@@ -107,13 +108,35 @@ def main() -> None:
         f"GPU tracking: {(t1 - t4) / (n - 4) * 1000:.1f} ms/frame over frames 4..{n - 1}, "
         f"{args.objects} objects; peak CUDA memory {peak:.0f} MiB; {tracker.memory_stats()}"
     )
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        tr = ns.VideoTracker(gpu, frames[: args.cpu_frames])
+
+    def gpu_ms_per_frame(model, label: str) -> list:
+        tracker = ns.VideoTracker(model, frames)
         for k, c in enumerate(clicks, start=1):
-            tr.add_prompt(0, k, points=[c], labels=[1])
-        bf16 = [r.logits for r in tr.propagate("forward")]
-    agree = np.mean([((a > 0) == (b > 0)).mean() for a, b in zip(bf16, results["gpu"])])
-    print(f"bf16 autocast: mask agreement with fp32 {agree:.4f}")
+            tracker.add_prompt(0, k, points=[c], labels=[1])
+        logits, n = [], 0
+        for r in tracker.propagate("forward"):
+            logits.append(r.logits)
+            n += 1
+            if n == 4:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) / (n - 4) * 1000
+        print(f"GPU {label}: {ms:.1f} ms/frame over frames 4..{n - 1}")
+        return logits
+
+    for precision, compile_ in (("bf16", False), ("bf16", True)):
+        fast = ns.load_model(
+            "sam2.1_hiera_tiny", checkpoint=ckpt, precision=precision, compile=compile_
+        )
+        label = f"{precision}{' + compile' if compile_ else ''}"
+        if compile_:
+            gpu_ms_per_frame(fast, f"{label} (warm-up, compiling)")
+        fast_logits = gpu_ms_per_frame(fast, label)
+        agree = np.mean([((a > 0) == (b > 0)).mean() for a, b in zip(fast_logits, results["gpu"])])
+        print(
+            f"{label}: mask agreement with fp32 on the first {args.cpu_frames} frames {agree:.4f}"
+        )
 
 
 if __name__ == "__main__":

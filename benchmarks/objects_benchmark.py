@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # official.py: builds the reference model
 sys.path.insert(0, str(HERE))
-from track_benchmark import NpyFrames, make_clip  # noqa: E402
+from track_benchmark import NpyFrames, make_clip, official_predictor  # noqa: E402
 
 FULL_MEMORY_FROM = 7  # frames 7.. attend to the prompted frame and 6 previous ones
 
@@ -49,17 +49,7 @@ def child(impl: str, folder: Path, n_objects: int, args) -> dict:
     torch.set_grad_enabled(False)
     points = clicks(n_objects, args.height, args.width)
     if impl == "official":
-        from official import build_official
-
-        model = build_official(
-            args.model,
-            video=True,
-            overrides=[
-                "++model.add_all_frames_to_correct_as_cond=true",
-                f"++model.image_size={args.size}",
-            ],
-        )
-        model.load_state_dict(torch.load(folder / "ckpt.pt", weights_only=True)["model"])
+        model = official_predictor(args.model, args.size, folder / "ckpt.pt")
         state = model.init_state(str(folder / "jpeg"))
         for k, (r, c) in enumerate(points):
             model.add_new_points_or_box(

@@ -69,6 +69,24 @@ class NpyFrames:
         return frame.reshape(self.shape[1:])
 
 
+def official_predictor(name: str, size: int, checkpoint: Path):
+    """Meta's SAM2VideoPredictor at input ``size`` with the weights of ``checkpoint``, built as
+    our tracker behaves (corrections become conditioning frames)."""
+    import torch
+    from official import build_official
+
+    model = build_official(
+        name,
+        video=True,
+        overrides=[
+            "++model.add_all_frames_to_correct_as_cond=true",
+            f"++model.image_size={size}",
+        ],
+    )
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    return model
+
+
 def child(impl: str, folder: Path, args) -> dict:
     import torch
 
@@ -76,17 +94,7 @@ def child(impl: str, folder: Path, args) -> dict:
     click = (args.height // 3, args.width // 3)
     start = time.perf_counter()
     if impl == "official":
-        from official import build_official
-
-        model = build_official(
-            args.model,
-            video=True,
-            overrides=[
-                "++model.add_all_frames_to_correct_as_cond=true",
-                f"++model.image_size={args.size}",
-            ],
-        )
-        model.load_state_dict(torch.load(folder / "ckpt.pt", weights_only=True)["model"])
+        model = official_predictor(args.model, args.size, folder / "ckpt.pt")
         state = model.init_state(str(folder / "jpeg"))
         for k in range(args.objects):
             model.add_new_points_or_box(

@@ -49,6 +49,17 @@ def mini_model():
 
 
 @pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """For command-line tests: a cache of its own (never the user's, hashes never skipped by
+    accident) and the test's folder as the working directory."""
+    from napari_sam2 import weights
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(weights.SKIP_HASH_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def gray16():
     """A non-square 16-bit grayscale image with a bright disc on a dim background."""
     rng = np.random.default_rng(0)

@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam2 import weights
 from napari_sam2.cli import main
 
+pytestmark = pytest.mark.usefixtures("cli_env")
 FAST = ["--image-size", "128", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from .engine.labels import LabelError, LabelSink, track_to_labels
 from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
 from .engine.video import FrameResult, VideoTracker
-from .model import MODEL_NAMES, CheckpointError, DeviceError, SAM2Model
+from .model import MODEL_NAMES, CheckpointError, DeviceError, PrecisionError, SAM2Model
 from .weights import ChecksumError, DownloadError, WeightsError, load_model
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "ImagePredictor",
     "IntensityWindow",
     "Prediction",
+    "PrecisionError",
     "PromptError",
     "SAM2Model",
     "load_model",

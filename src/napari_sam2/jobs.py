@@ -19,6 +19,7 @@ complex data, object ids no label dtype holds, and frames that cannot set an int
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -68,6 +69,8 @@ class SegmentOptions:
     prompt_frame: int = 0
     auto_frame: int | None = None
     auto: dict = field(default_factory=dict)
+    embeddings_dtype: str = "float16"  # of new embeddings stores
+    model: str | None = None  # name, to check an embeddings store before the model loads
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class SegmentJob:
     stack: Path
     prompts: Path | None
     output: Path
+    embeddings: Path | None = None  # a store kept on disk (else a temporary one)
 
     @property
     def label_image_prompts(self) -> bool:
@@ -132,6 +136,7 @@ def plan_jobs(
     fmt: str = "tif",
     overwrite: bool = False,
     to_folder: bool | None = None,
+    embeddings: Path | None = None,
 ) -> list[SegmentJob]:
     """Pair each stack with its prompts file and output path, and check the paths.
 
@@ -139,7 +144,9 @@ def plan_jobs(
     name>.csv`` for each, or None (segment everything: ``SegmentOptions.auto_frame``).
     ``output`` is the label file of a single stack, or a folder (``<stack name>_labels.<fmt>``
     in it) for several; ``to_folder`` forces one or the other (default: a folder for several
-    stacks or an existing folder not named .zarr). Nothing is created."""
+    stacks or an existing folder not named .zarr). ``embeddings``: the embeddings store of a
+    single stack, or a folder of ``<stack name>.embeddings.zarr`` for several (made if missing,
+    reused if there). Nothing is created."""
     for s in stacks:
         if not s.exists():
             raise InputError(f"stack not found: {s}")
@@ -169,8 +176,25 @@ def plan_jobs(
             read_only=[] if prompts is None else [prompts],
             folder_exists=not (to_folder and not output.exists()),
         )
-        jobs.append(SegmentJob(stack, csv, target))
+        store = embeddings_path(embeddings, stack, several=len(stacks) > 1)
+        jobs.append(SegmentJob(stack, csv, target, store))
     return jobs
+
+
+def embeddings_path(embeddings: Path | None, stack: Path, several: bool) -> Path | None:
+    """The store of ``stack``: ``embeddings`` itself for one stack, ``<stack
+    name>.embeddings.zarr`` in the folder ``embeddings`` for several. Checked to be neither the
+    stack nor around or inside it."""
+    if embeddings is None:
+        return None
+    store = embeddings / f"{stack_stem(stack)}.embeddings.zarr" if several else embeddings
+    target, src = store.resolve(), stack.resolve()
+    if target == src or target in src.parents or src in target.parents:
+        raise InputError(f"embeddings {store} would be the stack {stack}, or around or in it")
+    if store.exists() and not store.is_dir():
+        raise InputError(f"embeddings {store} is a file, not an embeddings store (a folder)")
+    check_writable_folder(store.parent, what="embeddings folder", create=several)
+    return store
 
 
 def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
@@ -226,6 +250,8 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             )
         except FrameSourceError as e:
             raise InputError(f"{where}: {e}") from None
+        if job.embeddings is not None and job.embeddings.exists():
+            check_store_for(job.embeddings, source, options)
         return CheckedJob(
             job,
             n,
@@ -249,20 +275,10 @@ def run_job(
     """Track one checked stack into its label file (written under a temporary name, renamed
     when complete). ``progress(done, total)`` after each frame."""
     from .engine.labels import track_to_labels
-    from .engine.video import VideoTracker
 
     started = time.perf_counter()
     job = checked.job
-    stack = open_stack(job.stack, axis=options.axis, index=options.index)
-    tracker = None
-    try:
-        tracker = VideoTracker(
-            model,
-            stack.frames,
-            channel=options.channel,
-            window=checked.window,
-            spill_dir=options.spill_dir,
-        )
+    with tracking(model, job.stack, options, job.embeddings, checked.window) as (stack, tracker):
         dropped = ()
         if checked.prompts:
             add_prompts(tracker, checked.prompts, job.prompts)
@@ -293,10 +309,6 @@ def run_job(
                 progress=None if progress is None else lambda done, _: progress(done, total),
             )
             counts = label_counts(labels, obj_ids)
-    finally:
-        if tracker is not None:
-            tracker.close()
-        stack.close()
     return JobResult(
         job,
         checked.num_frames,
@@ -324,6 +336,69 @@ def segment_everything(model, stack, checked: CheckedJob, options: SegmentOption
         )
     dtype = label_dtype_for(len(records))
     return masks_to_labels(records, checked.label_shape[1:], dtype=dtype)
+
+
+def check_store_for(path: Path, source, options: SegmentOptions) -> None:
+    """What of an existing embeddings store can be checked before the model loads: that it is
+    one, made for this stack (pixels, channel, window) and for this model name and input size
+    (the weights are checked once the model is loaded)."""
+    from .engine.embeddings import EmbeddingsError, EmbeddingStore, data_signature
+
+    expected = data_signature(source)
+    if options.model is not None:
+        expected = {**expected, "model": options.model, "image_size": options.image_size}
+    try:
+        stored = EmbeddingStore.read_signature(path)
+        unchecked = {k: v for k, v in stored.items() if k not in expected}
+        EmbeddingStore.check_signature(path, stored, {**expected, **unchecked})
+    except EmbeddingsError as e:
+        raise InputError(str(e)) from None
+
+
+def embed_stack(model, stack_path: Path, store: Path, options: SegmentOptions, progress=None):
+    """Compute every frame's embedding of a stack into ``store`` (frames already there are
+    skipped); returns (frames encoded, frames in the stack)."""
+    with tracking(model, stack_path, options, store) as (stack, tracker):
+        return tracker.precompute(progress=progress), stack.num_frames
+
+
+@contextlib.contextmanager
+def tracking(model, stack_path: Path, options: SegmentOptions, embeddings=None, window=None):
+    """(stack, tracker) of a stack on disk, both closed (files, threads, temporary stores)
+    however the block ends."""
+    from .engine.video import VideoTracker
+
+    stack = open_stack(stack_path, axis=options.axis, index=options.index)
+    tracker = None
+    try:
+        tracker = VideoTracker(
+            model,
+            stack.frames,
+            channel=options.channel,
+            window=window,
+            spill_dir=options.spill_dir,
+            embeddings=embeddings,
+            embeddings_dtype=options.embeddings_dtype,
+        )
+        yield stack, tracker
+    finally:
+        if tracker is not None:
+            tracker.close()
+        stack.close()
+
+
+def check_stack(path: Path, options: SegmentOptions):
+    """Open a stack and check its frames against the options (shape, dtype, channel, intensity
+    window) without the model; returns its :class:`~.engine.frames.FrameSource`."""
+    stack = open_stack(path, axis=options.axis, index=options.index)
+    try:
+        try:
+            check_frame_layout(stack.frames.shape[1:], stack.frames.dtype, options.channel)
+            return FrameSource(stack.frames, image_size=options.image_size, channel=options.channel)
+        except (ValueError, FrameSourceError) as e:
+            raise InputError(f"{path}: {e}") from None
+    finally:
+        stack.close()
 
 
 def _frame_option(name: str, value: int, n: int, where: str) -> int:

@@ -305,6 +305,8 @@ def load_model(
     image_size: int = 1024,
     cache_dir: str | os.PathLike | None = None,
     progress: bool | ProgressFactory = True,
+    precision: str = "fp32",
+    compile: bool = False,
 ):
     """Build the SAM 2 model ``name`` with its official weights, ready to use.
 
@@ -315,11 +317,17 @@ def load_model(
     image_size: the network's input side in pixels, a multiple of 64 (the official 1024 by
         default). Smaller is faster and less accurate — the weights are the same.
     cache_dir, progress: where downloads go and how their progress is shown (see :func:`fetch`).
+    precision: "fp32" (exact, the default), "bf16", "fp16" or "auto": faster, slightly less
+        accurate, where the device computes it natively (see docs/troubleshooting.md#speed).
+    compile: ``torch.compile`` the encoder and the memory attention (worth it on a GPU).
     """
     get_weights(name)  # an unknown name fails before anything is downloaded
+    _checkpoint.resolve_precision(precision, _checkpoint.pick_device(device))
     if checkpoint is None:
         checkpoint = fetch(name, cache_dir=cache_dir, progress=progress)
-    return _checkpoint.load_model(name, checkpoint, device, image_size=image_size)
+    return _checkpoint.load_model(
+        name, checkpoint, device, image_size=image_size, precision=precision, compile=compile
+    )
 
 
 __all__ = [

@@ -247,3 +247,49 @@ def test_multiscale_image_uses_its_finest_level(make_napari_viewer, qtbot, model
     widget.points.add([[1, 15, 20]])
     wait(qtbot, widget)
     assert (widget.labels_layer.data[1] == 1).any()
+
+
+def test_an_embeddings_store_is_filled_and_reused(make_napari_viewer, qtbot, model, tmp_path):
+    store = tmp_path / "cells.embeddings.zarr"
+    data = stack(t=3)
+
+    def session():
+        viewer = make_napari_viewer()
+        image = viewer.add_image(data, name="cells")
+        widget = SAM2Widget(viewer)
+        widget.embeddings.value = str(store)
+        widget.use_model(model, image)
+        wait(qtbot, widget)
+        widget.points.add([[1, 15, 20]])
+        wait(qtbot, widget)
+        return widget
+
+    first = session()
+    assert (first.labels_layer.data[1] == 1).any()
+    done = first.session.tracker.embeddings.frames_done
+    assert done >= 1 and store.is_dir()
+    first.end_session()
+    calls = []
+    hook = model.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        second = session()
+    finally:
+        hook.remove()
+    assert calls == [] and (second.labels_layer.data[1] == 1).any()
+
+
+def test_an_embeddings_store_of_another_image_is_refused(
+    make_napari_viewer, qtbot, model, tmp_path
+):
+    import napari_sam2 as ns
+
+    store = tmp_path / "other.zarr"
+    ns.VideoTracker(model, stack(t=3)[:, ::-1].copy(), embeddings=store).precompute([0])
+    viewer = make_napari_viewer()
+    image = viewer.add_image(stack(t=3), name="cells")
+    widget = SAM2Widget(viewer)
+    widget.embeddings.value = str(store)
+    widget.use_model(model, image)
+    assert widget.session is None
+    assert "made for something else" in widget.status.value
+    assert not widget.propagate_button.enabled

@@ -25,14 +25,9 @@ from napari_sam2.cli import main
 
 refused = pytest.mark.refused
 handled = pytest.mark.handled
+pytestmark = pytest.mark.usefixtures("cli_env")
 FAST = ["--image-size", "128", "--device", "cpu", "--quiet"]
 NO_MODEL = ["--checkpoint", "does-not-exist.pt"]  # reached only if every input check passed
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_sam2.engine.session import BoxRow, PointRow, PromptSession
 from napari_sam2.engine.stack import StackError, StackGeometry
-from napari_sam2.model import CONFIGS, SAM2Model
 
 
 @pytest.fixture(scope="module")
 def mini_model():
-    from official import randomize_
+    from official import random_tiny
 
-    torch.manual_seed(0)
-    model = randomize_(SAM2Model(CONFIGS["sam2.1_hiera_tiny"].with_image_size(128)), seed=6)
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias += 5.0
-    return model.eval()
+    return random_tiny(128, seed=6, object_bias=5.0)
 
 
 # ---------------------------------------------------------------- geometry

@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info
 from ..engine.session import PromptSession
 from ..engine.stack import StackError, StackGeometry
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
+from ..model.precision import PRECISIONS
 from ..weights import WeightsError
 from . import layers as L
 from .objects import ObjectTools
@@ -103,6 +104,21 @@ class SAM2Widget(Container):
             value=1024,
             tooltip="SAM 2's input resolution: 1024 is the official one; smaller is faster",
         )
+        self.precision = ComboBox(
+            label="precision",
+            choices=list(PRECISIONS),
+            value="fp32",
+            tooltip="fp32: exact. bf16/fp16: about twice as fast where the device computes them "
+            "natively (bf16: CUDA or a CPU with AVX512-BF16/AMX; fp16: CUDA, Apple), slightly "
+            "different masks; auto: the fastest this device has",
+        )
+        self.compile = CheckBox(label="compile the network (GPU)", value=False)
+        self.compile.tooltip = "torch.compile: faster on a GPU after a minute of compilation"
+        self.embeddings = FileEdit(label="embeddings", mode="w", filter="*.zarr", value="")
+        self.embeddings.tooltip = (
+            "A store of the image's embeddings (napari-sam2 embed), reused and filled; empty: a "
+            "temporary one"
+        )
         self.stack_axis = ComboBox(label="track along", choices=self._axis_choices)
         self.new_labels = CheckBox(label="write into a new Labels layer", value=False)
         self.start_button = PushButton(text="Start segmenting")
@@ -127,6 +143,9 @@ class SAM2Widget(Container):
                 self.checkpoint,
                 self.device,
                 self.input_size,
+                self.precision,
+                self.compile,
+                self.embeddings,
                 self.stack_axis,
                 self.new_labels,
                 self.start_button,
@@ -184,7 +203,14 @@ class SAM2Widget(Container):
             return
         checkpoint = self.checkpoint.value
         checkpoint = None if checkpoint in (None, "") or Path(checkpoint).is_dir() else checkpoint
-        key = (self.model_name.value, str(checkpoint), self.device.value, self.input_size.value)
+        key = (
+            self.model_name.value,
+            str(checkpoint),
+            self.device.value,
+            self.input_size.value,
+            self.precision.value,
+            bool(self.compile.value),
+        )
         self.status.value = f"Loading {self.model_name.value}…"
         self._run(
             self._load_model,
@@ -202,12 +228,14 @@ class SAM2Widget(Container):
         if key not in self._models:
             import napari_sam2 as ns
 
-            name, _, device, size = key
+            name, _, device, size, precision, compile_ = key
             self._models[key] = ns.load_model(
                 name,
                 checkpoint=checkpoint,
                 device=None if device == "auto" else device,
                 image_size=int(size),
+                precision=precision,
+                compile=compile_,
             )
         return self._models[key]
 
@@ -233,9 +261,20 @@ class SAM2Widget(Container):
         if self.session is not None:
             self.session.close()
         self.image_layer, self.geometry = image, geometry
-        self.session = PromptSession(
-            model, geometry.frames(_full_resolution(image)), feature_cache=EMBEDDING_CACHE
-        )
+        store = self.embeddings.value
+        store = None if store in (None, "") or str(store) in ("", ".") else str(store)
+        try:
+            self.session = PromptSession(
+                model,
+                geometry.frames(_full_resolution(image)),
+                feature_cache=EMBEDDING_CACHE,
+                embeddings=store,
+            )
+        except EXPECTED_ERRORS as e:  # an embeddings store made for another image, say
+            self.session = None
+            self._set_session_enabled(False)
+            self.show_problem(f"SAM 2: {e}")
+            return
         common = {
             "scale": image.scale[: geometry.ndim_spatial],
             "translate": image.translate[: geometry.ndim_spatial],

@@ -16,20 +16,24 @@ docs/cli.md has the details.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import traceback
 
 from .. import weights
+from ..engine.embeddings import EmbeddingsError
 from ..engine.frames import FrameSourceError
 from ..engine.labels import LabelError
 from ..engine.prompts import PromptError
 from ..io import InputError
 from ..model.checkpoint import CheckpointError, DeviceError
+from ..model.precision import PrecisionError
 from .common import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_TERMINATED,
     EXIT_UNEXPECTED,
     EXIT_WEIGHTS,
@@ -65,12 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         _print_error("terminated (SIGTERM); no partial output was kept", debug)
         return EXIT_TERMINATED
-    except (InputError, PromptError, FrameSourceError, LabelError, DeviceError) as e:
+    except (
+        InputError,
+        PromptError,
+        FrameSourceError,
+        LabelError,
+        DeviceError,
+        PrecisionError,
+        EmbeddingsError,
+    ) as e:
         _print_error(str(e), debug)
         return EXIT_INPUT
     except (weights.WeightsError, CheckpointError) as e:
         _print_error(str(e), debug)
         return EXIT_WEIGHTS
+    except BrokenPipeError:  # the reader stopped reading (`napari-sam2 info | head`): fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except PermissionError as e:  # a file or folder the user may not read or write
         _print_error(f"permission denied: {e.filename or e}", debug)
         return EXIT_INPUT

@@ -6,9 +6,10 @@ import argparse
 
 from .. import weights
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
+from ..model.precision import PRECISIONS
 from . import tools
 from .common import PROG
-from .segment import segment
+from .segment import embed, segment
 
 
 def _image_size(text: str) -> int:
@@ -21,6 +22,71 @@ def _image_size(text: str) -> int:
     return value
 
 
+def _model_options() -> argparse.ArgumentParser:
+    """What loads the model and how it computes: shared by segment and embed."""
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=MODEL_NAMES,
+        metavar="MODEL",
+        help=f"SAM 2 model (default {DEFAULT_MODEL}; one of {', '.join(MODEL_NAMES)})",
+    )
+    group.add_argument(
+        "--checkpoint", metavar="PATH", help="official .pt file (default: download / cache)"
+    )
+    group.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best found)")
+    group.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=1024,
+        metavar="N",
+        help="network input side, a multiple of 64 (default 1024, as trained): smaller is "
+        "faster and less accurate",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (exact, default); bf16/fp16 are about 2x faster where the device computes "
+        "them natively (bf16: CUDA, or a CPU with AVX512-BF16/AMX; fp16: CUDA, MPS) and "
+        "refused elsewhere; auto picks the fastest the device has (docs/troubleshooting.md)",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image encoder and the memory attention (worth it on a GPU; "
+        "on a CPU it costs compilation time and gains nothing)",
+    )
+    _add_cache_dir(group)
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    return group
+
+
+def _stack_options() -> argparse.ArgumentParser:
+    """How a stack is read: shared by segment and embed."""
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument(
+        "--axis",
+        type=int,
+        help="for data with two axes before (Y, X), e.g. (T, Z, Y, X): the one to track (0/1)",
+    )
+    group.add_argument(
+        "--index", type=int, help="with --axis: the position on the other axis (e.g. the z)"
+    )
+    group.add_argument(
+        "--channel", type=int, default=0, help="channel of multichannel data (default 0)"
+    )
+    group.add_argument(
+        "--embeddings-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="of a new embeddings store: float16 (half the disk, mask IoU >= 0.999) or float32 "
+        "(exact)",
+    )
+    return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument(
@@ -29,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show the traceback of an error",
     )
+    model, stack = _model_options(), _stack_options()
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Segment and track objects in image stacks with SAM 2 (napari-sam2).",
@@ -41,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = commands.add_parser(
         "segment",
-        parents=[debug],
+        parents=[debug, model, stack],
         help="track prompted objects through stacks into label volumes",
         description="Track objects through each stack and write a label volume (one label "
         "value per object id) of the stack's (T, H, W) shape. The objects come from a CSV of "
@@ -107,43 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(<stack name>_labels.tif in it)",
     )
     seg.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        choices=MODEL_NAMES,
-        metavar="MODEL",
-        help=f"SAM 2 model (default {DEFAULT_MODEL}; one of {', '.join(MODEL_NAMES)})",
-    )
-    seg.add_argument(
-        "--checkpoint", metavar="PATH", help="official .pt file (default: download / cache)"
-    )
-    seg.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best found)")
-    seg.add_argument(
         "--direction",
         default="both",
         choices=("forward", "backward", "both"),
         help="propagate from the prompted frames forward, backward or both (default)",
     )
-    seg.add_argument(
-        "--axis",
-        type=int,
-        help="for data with two axes before (Y, X), e.g. (T, Z, Y, X): the one to track (0/1)",
-    )
-    seg.add_argument(
-        "--index", type=int, help="with --axis: the position on the other axis (e.g. the z)"
-    )
     seg.add_argument("--start", type=int, help="first frame of the range to track")
     seg.add_argument("--stop", type=int, help="last frame of the range to track (inclusive)")
-    seg.add_argument(
-        "--image-size",
-        type=_image_size,
-        default=1024,
-        metavar="N",
-        help="network input side, a multiple of 64 (default 1024, as trained): smaller is "
-        "faster and less accurate",
-    )
-    seg.add_argument(
-        "--channel", type=int, default=0, help="channel of multichannel data (default 0)"
-    )
     seg.add_argument(
         "--format",
         choices=("tif", "zarr"),
@@ -152,11 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument(
-        "--spill-dir", metavar="DIR", help="where tracking memory of old frames is kept on disk"
+        "--spill-dir",
+        metavar="DIR",
+        help="where tracking memory of old frames (and temporary embeddings) are kept on disk",
     )
-    _add_cache_dir(seg)
-    seg.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    seg.add_argument(
+        "--embeddings",
+        metavar="STORE",
+        help="an embeddings store (from `napari-sam2 embed`) to use and fill: the stack's "
+        "store, or a folder of <stack name>.embeddings.zarr for several stacks; default: a "
+        "temporary one",
+    )
     seg.set_defaults(run=segment)
+
+    emb = commands.add_parser(
+        "embed",
+        parents=[debug, model, stack],
+        help="compute the image embeddings of stacks ahead of segmenting",
+        description="Compute SAM 2's image embedding of every frame into a zarr store, e.g. on a "
+        "GPU node, so that segmenting (segment --embeddings, or the widget) later starts at "
+        "once: the image encoder is most of the work. A store is tied to its stack, model and "
+        "input size; an existing one is completed.",
+    )
+    emb.add_argument("stacks", nargs="+", metavar="STACK", help="as for segment")
+    emb.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="STORE",
+        help="the store (.zarr) for one stack; a folder for several (<stack "
+        "name>.embeddings.zarr in it)",
+    )
+    emb.set_defaults(run=embed)
 
     down = commands.add_parser(
         "download",

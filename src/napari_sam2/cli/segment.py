@@ -12,7 +12,18 @@ from pathlib import Path
 from .. import weights
 from ..engine.video import frames_in
 from ..io import InputError, stack_stem
-from ..jobs import CheckedJob, JobResult, SegmentOptions, check_job, plan_jobs, run_job
+from ..jobs import (
+    CheckedJob,
+    JobResult,
+    SegmentOptions,
+    check_job,
+    check_stack,
+    check_store_for,
+    embed_stack,
+    embeddings_path,
+    plan_jobs,
+    run_job,
+)
 from ..model.checkpoint import DeviceError
 from .common import EXIT_OK, WeightsUnavailable, log
 
@@ -31,6 +42,8 @@ def segment(args: argparse.Namespace) -> int:
         prompt_frame=args.prompt_frame,
         auto_frame=args.auto,
         auto=_auto_options(args),
+        embeddings_dtype=args.embeddings_dtype,
+        model=args.model,
     )
     if (args.prompts is None) == (args.auto is None):
         raise InputError(
@@ -45,8 +58,9 @@ def segment(args: argparse.Namespace) -> int:
         fmt=args.format,
         overwrite=args.overwrite,
         to_folder=to_folder,
+        embeddings=None if args.embeddings is None else Path(args.embeddings),
     )
-    device = _check_device(args.device)
+    device = _check_device(args)
     checked = [check_job(job, options) for job in jobs]  # everything, before the model loads
     _check_checkpoint(args)
     for job in jobs:
@@ -95,13 +109,20 @@ def _expand(patterns: list[str]) -> list[Path]:
     return paths
 
 
-def _check_device(device: str | None):
+def _check_device(args: argparse.Namespace):
+    """The device, and that it computes the precision asked for (before anything loads)."""
     from ..model.checkpoint import pick_device
+    from ..model.precision import PrecisionError, resolve_precision
 
     try:
-        return pick_device(device)
+        device = pick_device(args.device)
     except DeviceError as e:
         raise InputError(f"--device: {e}") from None
+    try:
+        resolve_precision(args.precision, device)
+    except PrecisionError as e:
+        raise InputError(f"--precision {args.precision}: {e}") from None
+    return device
 
 
 def _check_checkpoint(args: argparse.Namespace) -> None:
@@ -111,7 +132,10 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
 
 def _load_model(args: argparse.Namespace, device):
     _check_checkpoint(args)
-    log(f"loading {args.model} (image size {args.image_size}) on {device}", args.quiet)
+    log(
+        f"loading {args.model} (image size {args.image_size}, {args.precision}) on {device}",
+        args.quiet,
+    )
     return weights.load_model(
         args.model,
         args.checkpoint,
@@ -119,6 +143,8 @@ def _load_model(args: argparse.Namespace, device):
         image_size=args.image_size,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        precision=args.precision,
+        compile=args.compile,
     )
 
 
@@ -150,3 +176,45 @@ def _print_summary(result: JobResult) -> None:
             f"  not tracked: object(s) {list(result.dropped)} of the label image are too small "
             "for the model's input size (use a larger --image-size, or click them)"
         )
+
+
+# ------------------------------------------------------------------------------------- embed
+def embed(args: argparse.Namespace) -> int:
+    """Compute every frame's embedding of each stack into its store."""
+    from tqdm.auto import tqdm
+
+    options = SegmentOptions(
+        axis=args.axis,
+        index=args.index,
+        image_size=args.image_size,
+        channel=args.channel,
+        embeddings_dtype=args.embeddings_dtype,
+        model=args.model,
+    )
+    stacks = _expand(args.stacks)
+    for stack in stacks:
+        if not stack.exists():
+            raise InputError(f"stack not found: {stack}")
+    several = len(stacks) > 1
+    stores = [embeddings_path(Path(args.output), stack, several) for stack in stacks]
+    for stack, store in zip(stacks, stores):  # everything, before the model loads
+        source = check_stack(stack, options)
+        if store.exists():
+            check_store_for(store, source, options)
+    device = _check_device(args)
+    _check_checkpoint(args)
+    model = _load_model(args, device)
+    started = time.perf_counter()
+    for stack, store in zip(stacks, stores):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with tqdm(desc=stack_stem(stack), unit="frame", disable=args.quiet) as bar:
+
+            def advance(done, total, bar=bar):
+                bar.total = total
+                bar.update(1)
+
+            encoded, total = embed_stack(model, stack, store, options, advance)
+        print(f"{stack} -> {store}: {encoded} of {total} frames encoded ({total - encoded} there)")
+    if several:
+        print(f"done: {len(stacks)} stacks in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK

@@ -116,6 +116,10 @@ def info(args: argparse.Namespace) -> int:
         f"device: {pick_device()} (CUDA: {'yes' if torch.cuda.is_available() else 'no'}, "
         f"MPS: {'yes' if mps is not None and mps.is_available() else 'no'})"
     )
+    from ..model.precision import native_bf16_cpu
+
+    bf16 = "yes (use --precision bf16)" if native_bf16_cpu() else "no (bf16 would be emulated)"
+    print(f"native bf16 on this CPU: {bf16}")
     print(f"cache: {cache} ({source})")
     print("models:")
     for name in MODEL_NAMES:

@@ -220,3 +220,19 @@ def to_model_points(
     # Same arithmetic as the official transform: normalise by (W, H), then scale.
     coords = coords / torch.tensor([w, h], dtype=torch.float32, device=device) * image_size
     return coords[None], torch.as_tensor(labels, dtype=torch.int32, device=device)[None]
+
+
+MAX_OBJ_ID = int(np.iinfo(np.uint64).max)  # the largest value any label dtype holds
+
+
+def check_obj_id(obj_id) -> int:
+    if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
+        raise PromptError(
+            f"object ids are positive integers (they become label values), got {obj_id!r}"
+        )
+    if obj_id > MAX_OBJ_ID:
+        raise PromptError(
+            f"object id {obj_id} is too large for any label array (the largest is "
+            f"{MAX_OBJ_ID:,}, uint64); use smaller ids"
+        )
+    return int(obj_id)

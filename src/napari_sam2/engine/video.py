@@ -12,7 +12,6 @@ correction click on a tracked frame becomes a conditioning frame and survives re
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,11 +21,19 @@ import torch.nn.functional as F
 from ..model import SAM2Model
 from ..model.sam2 import MEMORY_MASK_BIAS, MEMORY_MASK_SCALE, NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import MemoryPlan, batches, condition, memory_plan
+from .embeddings import EmbeddingStore, FrameEmbeddings, store_for
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .plan import DIRECTIONS, frames_in, plan_passes
 from .preprocess import DEFAULT_PERCENTILES, IntensityWindow
-from .prompts import Prompt, PromptError, label_ids, mask_prompt, to_model_points
+from .prompts import (
+    Prompt,
+    PromptError,
+    check_obj_id,
+    label_ids,
+    mask_prompt,
+    to_model_points,
+)
 from .results import FrameResult, LabelsResult
 
 # Objects computed together on a GPU. On the CPU one at a time is as fast (measured: batches
@@ -43,6 +50,13 @@ class VideoTracker:
     frames. uint8 frames are preprocessed as the official video predictor does; other dtypes are
     mapped by one intensity ``window`` for the whole stack (computed from a few frames by
     ``percentiles`` when not given). ``channel`` picks the channel of multichannel data.
+
+    Frame embeddings are computed once (see :mod:`.embeddings`): the last ``feature_cache``
+    frames stay in RAM as computed, and every frame goes to ``embeddings``: a zarr store at
+    that path, kept after the tracker is closed and reused by the next tracker of the same stack
+    and model (one made for anything else is refused); None (default) for a temporary store
+    removed on :meth:`close` (beside ``spill_dir``); False for none. ``embeddings_dtype``:
+    "float16" (half the disk, results within a mask IoU of 0.999) or "float32" (exact).
 
     Objects are computed ``object_batch`` at a time (objects whose memories have the same size
     share a batch; default: 16 on a GPU, 1 on the CPU, where batches are no faster): peak memory
@@ -63,6 +77,8 @@ class VideoTracker:
         spill_dir=None,
         feature_cache: int = 2,
         object_batch: int | None = None,
+        embeddings=None,
+        embeddings_dtype: str = "float16",
     ) -> None:
         self.model = model
         cfg = model.config
@@ -74,8 +90,9 @@ class VideoTracker:
             percentiles=percentiles,
         )
         self._prefetch = Prefetcher(self.source.prepare)
-        self._features: OrderedDict[int, ImageEmbedding] = OrderedDict()
-        self._feature_cache = max(1, feature_cache)
+        self._embeddings = FrameEmbeddings(
+            feature_cache, store_for(embeddings, embeddings_dtype, spill_dir, self.source, model)
+        )
         if object_batch is None:
             object_batch = 1 if model.device.type == "cpu" else GPU_OBJECT_BATCH
         if isinstance(object_batch, bool) or not isinstance(object_batch, int) or object_batch < 1:
@@ -120,7 +137,7 @@ class VideoTracker:
             "conditioning": sum(len(o.cond) + len(o.pending) for o in objs),
             "tracked_in_ram": sum(o.history.in_ram for o in objs),
             "tracked_on_disk": sum(o.history.on_disk for o in objs),
-            "cached_embeddings": len(self._features),
+            "cached_embeddings": len(self._embeddings),
         }
 
     # ------------------------------------------------------------------ prompts
@@ -148,7 +165,7 @@ class VideoTracker:
         """
         self._check_open()
         frame = self.source.check_index(frame)
-        obj_id = _check_obj_id(obj_id)
+        obj_id = check_obj_id(obj_id)
         shape = self.frame_shape
         prompt, mask_t = self._build_prompt(
             frame, obj_id, shape, points, labels, box, mask, replace
@@ -215,7 +232,7 @@ class VideoTracker:
         frame = self.source.check_index(frame)
         lab, ids = label_ids(labels, self.frame_shape, obj_ids, allow_absent)
         absent = set(ids) - set(np.unique(lab).tolist())
-        ids = [_check_obj_id(i) for i in ids]
+        ids = [check_obj_id(i) for i in ids]
         emb = self._embedding(frame)
         added, dropped = [], []
         for start in range(0, len(ids), self.object_batch):
@@ -278,7 +295,7 @@ class VideoTracker:
         for obj in self._objects.values():
             obj.forget()
         self._objects.clear()
-        self._features.clear()
+        self._embeddings.clear_ram()  # a store on disk stays valid: same frames, same model
         self._new_prompt_frames.clear()
         self._resume = {False: None, True: None}
         self._unfinished = None
@@ -288,6 +305,7 @@ class VideoTracker:
         afterwards (closing twice is fine)."""
         self.reset()
         self._prefetch.close()
+        self._embeddings.close()
         self._closed = True
 
     @property
@@ -362,7 +380,7 @@ class VideoTracker:
         order = range(first, last + step, step)
         self._resume[reverse] = first
         for i, frame in enumerate(order):
-            if i + 1 < len(order):
+            if i + 1 < len(order) and not self._embeddings.known(order[i + 1]):
                 self._prefetch.request(order[i + 1])
             self._track_frame(frame, reverse)
             self._new_prompt_frames.discard(frame)
@@ -458,16 +476,34 @@ class VideoTracker:
         self._check_open()
         self._embedding(self.source.check_index(frame))
 
+    @torch.inference_mode()
+    def precompute(self, frames=None, progress=None) -> int:
+        """Embed ``frames`` (default: every frame) into the embeddings store ahead of tracking,
+        the next frame read in the background; ``progress(done, total)`` after each. Returns how
+        many frames were encoded (frames already in the store are skipped)."""
+        self._check_open()
+        order = list(range(self.num_frames)) if frames is None else list(frames)
+        order = [self.source.check_index(t) for t in order]
+        before = self._embeddings.computed
+        for i, t in enumerate(order):
+            later = [f for f in order[i + 1 :] if not self._embeddings.known(f)]
+            if later:
+                self._prefetch.request(later[0])
+            self._embedding(t)
+            if progress is not None:
+                progress(i + 1, len(order))
+        return self._embeddings.computed - before
+
     def _embedding(self, frame: int) -> ImageEmbedding:
-        emb = self._features.get(frame)
-        if emb is None:
-            x = self._prefetch.get(frame).to(self.model.device)
-            emb = self.model.encode_image(x)
-            self._features[frame] = emb
-            while len(self._features) > self._feature_cache:
-                self._features.popitem(last=False)
-        self._features.move_to_end(frame)
-        return emb
+        return self._embeddings.get(frame, self._encode, self.model.device)
+
+    def _encode(self, frame: int) -> ImageEmbedding:
+        return self.model.encode_image(self._prefetch.get(frame).to(self.model.device))
+
+    @property
+    def embeddings(self) -> EmbeddingStore | None:
+        """Where frame embeddings are kept on disk (None: in RAM only)."""
+        return self._embeddings.store
 
     def _build_prompt(self, frame, obj_id, shape, points, labels, box, mask, replace):
         cfg = self.model.config
@@ -542,22 +578,6 @@ class VideoTracker:
         low_res = torch.cat(lows) if lows else torch.zeros(0, 1, size, size)
         ids = tuple(o.obj_id for o in objs)
         return FrameResult(frame, ids, low_res=low_res, shape=self.frame_shape)
-
-
-MAX_OBJ_ID = int(np.iinfo(np.uint64).max)  # the largest value any label dtype holds
-
-
-def _check_obj_id(obj_id) -> int:
-    if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
-        raise PromptError(
-            f"object ids are positive integers (they become label values), got {obj_id!r}"
-        )
-    if obj_id > MAX_OBJ_ID:
-        raise PromptError(
-            f"object id {obj_id} is too large for any label array (the largest is "
-            f"{MAX_OBJ_ID:,}, uint64); use smaller ids"
-        )
-    return int(obj_id)
 
 
 __all__ = [

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine.frames import FrameSourceError
-from ..engine.prompts import Prompt, PromptError
-from ..engine.video import MAX_OBJ_ID
+from ..engine.prompts import MAX_OBJ_ID, Prompt, PromptError
 from .errors import InputError, PromptsFileError
 from .stacks import Stack
 

@@ -2,12 +2,15 @@
 
 from .checkpoint import CheckpointError, DeviceError, available_devices, load_model, pick_device
 from .config import CONFIGS, DEFAULT_MODEL, MODEL_NAMES, SAM2Config, get_config
+from .precision import PRECISIONS, PrecisionError, native_bf16_cpu
 from .sam2 import ImageEmbedding, SAM2Model
 
 __all__ = [
     "CONFIGS",
     "DEFAULT_MODEL",
     "MODEL_NAMES",
+    "PRECISIONS",
+    "PrecisionError",
     "CheckpointError",
     "DeviceError",
     "ImageEmbedding",
@@ -16,5 +19,6 @@ __all__ = [
     "available_devices",
     "get_config",
     "load_model",
+    "native_bf16_cpu",
     "pick_device",
 ]

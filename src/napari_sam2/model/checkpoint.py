@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import CONFIGS, get_config
+from .precision import resolve_precision
 from .sam2 import SAM2Model
 
 _SHOWN = 5  # offending keys listed per category
@@ -191,6 +192,8 @@ def load_model(
     device: str | torch.device | None = None,
     *,
     image_size: int = 1024,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> SAM2Model:
     """Build the SAM 2 model ``name`` and load an official checkpoint file into it.
 
@@ -200,10 +203,14 @@ def load_model(
     device: ``None`` picks CUDA, then MPS, then CPU.
     image_size: input side in pixels, a multiple of 64 (default: the official 1024); the same
         weights run at any size, smaller is faster and less accurate.
+    precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" — see
+        :mod:`napari_sam2.model.precision`; one the device cannot compute fast is refused.
+    compile: ``torch.compile`` the image encoder and the memory attention (for GPUs).
     Returns the model in eval mode on ``device``.
     """
     config = get_config(name)
     target = pick_device(device)  # a bad device fails before a large file is read
+    resolve_precision(precision, target)  # and so does a precision it cannot compute
     if checkpoint is None:
         raise TypeError(
             f"no checkpoint path given for {name!r}; napari_sam2.load_model({name!r}) "
@@ -215,4 +222,5 @@ def load_model(
     model = SAM2Model(config)
     check_state_dict(model, state, str(checkpoint))
     model.load_state_dict(state, strict=True)
-    return model.to(target).eval()
+    model = model.to(target).eval().set_precision(precision)
+    return model.compile_parts() if compile else model

@@ -84,13 +84,14 @@ class RoPEAttention(Attention):
 
         q, k: (B, h, N, d) heads-split; v: (B, Nk, Cv) raw values. Returns (B, Nq, dim)."""
         b, h, n, d = q.shape
-        v = v[:, None].expand(b, h, *v.shape[1:])  # every head weights the same raw values
+        v = v.to(q.dtype)[:, None].expand(b, h, *v.shape[1:])  # every head: the same raw values
         if q.device.type == "cpu":
             weighted = _chunked_attention(q, k, v, key_mask)
         else:
             weighted = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        w = self.v_proj.weight.reshape(h, d, -1)  # (h, d, Cv)
-        out = torch.einsum("bhnc,hdc->bhnd", weighted, w) + self.v_proj.bias.reshape(h, 1, d)
+        w = self.v_proj.weight.reshape(h, d, -1).to(weighted.dtype)  # (h, d, Cv)
+        bias = self.v_proj.bias.reshape(h, 1, d).to(weighted.dtype)
+        out = torch.einsum("bhnc,hdc->bhnd", weighted, w) + bias
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
 
@@ -111,6 +112,8 @@ def _chunked_attention(q, k, v, key_mask=None) -> torch.Tensor:
         scores = (q[..., s : s + chunk, :] * scale) @ kt
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask, float("-inf"))
+        # In bf16/fp16 the softmax still reduces in fp32 (torch's kernels do); only the
+        # weights it returns are rounded, as the product with the values needs them.
         out[..., s : s + chunk, :] = torch.softmax(scores, dim=-1) @ v
     return out
 
