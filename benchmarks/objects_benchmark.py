@@ -3,6 +3,7 @@ SAM2VideoPredictor (which loops over objects), and the marginal cost of one more
 
     .venv/bin/python benchmarks/objects_benchmark.py [--objects 1 4 16] [--size 512]
         [--frames 10] [--model sam2.1_hiera_tiny] [--ours-only] [--object-batch 16]
+        [--precision fp32]
 
 Both sides load the same random-weight checkpoint and track the same synthetic clip (see
 track_benchmark.py) from N clicks on frame 0, spread over the frame. A frame's time is measured
@@ -62,6 +63,7 @@ def child(impl: str, folder: Path, n_objects: int, args) -> dict:
 
         model = SAM2Model(CONFIGS[args.model].with_image_size(args.size))
         model.load_state_dict(torch.load(folder / "ckpt.pt", weights_only=True)["model"])
+        model.set_precision(args.precision)
         tracker = ns.VideoTracker(
             model, NpyFrames(folder / "frames.npy"), object_batch=args.object_batch
         )
@@ -94,6 +96,7 @@ def main() -> None:
         "--object-batch", type=int, default=None, help="ours: objects per batch (default: ours)"
     )
     p.add_argument("--ours-only", action="store_true")
+    p.add_argument("--precision", default="fp32", help="ours: fp32, bf16, fp16 or auto")
     p.add_argument("--child", nargs=3, metavar=("IMPL", "FOLDER", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -108,7 +111,8 @@ def main() -> None:
     print(
         f"{args.model}, {args.size}px input, {args.height}x{args.width} frames, {args.frames} "
         f"frames (timed from frame {FULL_MEMORY_FROM}), torch {torch.__version__}, "
-        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, ours in "
+        f"{args.precision}"
     )
     print(f"{'objects':>8} {'impl':>9} {'s/frame':>9} {'peak RSS MiB':>13}")
     rows: dict[str, dict[int, dict]] = {impl: {} for impl in impls}

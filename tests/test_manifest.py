@@ -25,6 +25,8 @@ def test_manifest_validates():
     assert commands == {**samples, **widget}
     assert {sample.command for sample in manifest.contributions.sample_data} == set(samples)
     assert [w.command for w in manifest.contributions.widgets] == list(widget)
+    # napari's menu reads "<widget> (<plugin>)": "Segment and track (SAM 2)", not "SAM 2 (SAM 2)"
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Segment and track"]
 
 
 def test_widget_command_resolves_without_importing_qt_at_package_import():

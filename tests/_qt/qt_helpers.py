@@ -10,3 +10,21 @@ def wait(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
     qtbot.wait(50)
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
+
+
+def started(make_napari_viewer, qtbot, model, data, **image_options):
+    """A viewer showing ``data`` and a widget started on it with ``model`` (embedding done)."""
+    from napari_sam2._qt.widget import SAM2Widget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data, name="cells", **image_options)
+    widget = SAM2Widget(viewer)
+    widget.use_model(model, image)
+    wait(qtbot, widget)  # the background embedding of the slice shown
+    return viewer, widget
+
+
+def click(qtbot, widget, frame, row, col) -> None:
+    """A click on (frame, row, col) through the Points layer, and its segmentation done."""
+    widget.points.add([[frame, row, col]])
+    wait(qtbot, widget)

@@ -26,7 +26,7 @@ def test_widget_in_a_real_window(make_napari_viewer, qtbot, tmp_path):
         model.sam_mask_decoder.pred_obj_score_head.layers[2].bias += 5.0
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1500, 950)
     ((data, meta, _),) = make_sample_stack()
     image = viewer.add_image(data, **meta)
     widget = SAM2Widget(viewer)
@@ -49,9 +49,19 @@ def test_widget_in_a_real_window(make_napari_viewer, qtbot, tmp_path):
     assert len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 50  # not a blank window
     labels = widget.labels_layer.data
     assert all((labels[t] == 1).any() for t in range(8, 13))
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     target = os.environ.get("NAPARI_SAM2_SCREENSHOT")
     if target:
         from skimage.io import imsave
 
         imsave(target, shot)
+
+    # A long message must wrap, not widen the dock and squeeze the canvas (a 1500x950 window).
+    window = viewer.window._qt_window.width()
+    widget.feedback.done(
+        "Propagated over 5 slices. " + "This status line is long on purpose, as errors about "
+        "files with long paths are: /a/very/long/path/to/a/folder/of/stacks/and/prompts. " * 3
+    )
+    qtbot.wait(300)
+    canvas = viewer.window._qt_viewer.canvas.native.width()
+    assert viewer.window._qt_window.width() == window
+    assert canvas >= window / 2, f"canvas {canvas} px of a {window} px window"

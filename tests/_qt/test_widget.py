@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qt_helpers import wait
+from qt_helpers import click, started, wait
 
 from napari_sam2._qt import layers as L
 from napari_sam2._qt.widget import SAM2Widget
@@ -24,17 +24,8 @@ def stack(t=6, h=40, w=56):
 
 @pytest.fixture
 def flow(make_napari_viewer, qtbot, model):
-    viewer = make_napari_viewer()
-    image = viewer.add_image(stack(), name="cells", scale=(4.0, 1.0, 1.0))
-    widget = SAM2Widget(viewer)
-    widget.use_model(model, image)
-    wait(qtbot, widget)  # the background embedding of the slice shown
+    viewer, widget = started(make_napari_viewer, qtbot, model, stack(), scale=(4.0, 1.0, 1.0))
     yield viewer, widget
-    wait(qtbot, widget)
-
-
-def click(qtbot, widget, frame, row, col):
-    widget.points.add([[frame, row, col]])
     wait(qtbot, widget)
 
 
@@ -89,7 +80,7 @@ def test_propagate_fills_every_slice_and_keeps_other_labels(flow, qtbot):
     labels = widget.labels_layer.data
     assert all((labels[t] == 1).any() for t in range(6))
     assert (labels[:, 0, 0] == 9).all()
-    assert "Propagated 6 frames" in widget.status.value
+    assert "Propagated over 6 slices" in widget.status.value
 
 
 def test_cancel_leaves_a_consistent_partial_result_and_propagate_continues(flow, qtbot):

@@ -257,3 +257,17 @@ def test_track_to_labels_into_zarr_with_progress(mini_model, tmp_path):
     result = np.asarray(out)
     assert set(np.unique(result)) <= {0, 5, 77} and result[2, 0, 0] == 77
     assert (result == 5).any()
+
+
+def test_an_object_prompted_mid_propagation_waits_for_the_next_one(mini_model):
+    tracker = ns.VideoTracker(mini_model, moving_disc(6))
+    tracker.add_prompt(0, 1, points=[(15, 20)], labels=[1])
+    run = tracker.propagate()
+    assert next(run).frame == 0
+    tracker.add_prompt(3, 2, points=[(5, 5)], labels=[1])  # the user adds an object meanwhile
+    rest = list(run)  # the run goes on (it used to fail on the object with no memory)
+    assert [r.frame for r in rest] == [1, 2, 3, 4, 5]
+    assert (rest[0].logits[1] < -1000).all()  # object 2: no result before it is tracked
+    again = list(tracker.propagate())  # starts from the new prompt, and follows both objects
+    assert again[0].frame == 3 and again[-1].obj_ids == (1, 2)
+    assert (again[-1].logits[1] > -1000).any()

@@ -72,20 +72,93 @@ def color_points(points: Points) -> None:
 
 
 def write_result(labels: Labels, geometry: StackGeometry, result: FrameResult, undoable: bool):
-    """Write one frame's result into ``labels`` (other labels untouched). ``undoable`` records
-    the change in napari's undo history (Ctrl+Z on the Labels layer)."""
+    """Write one frame's result into ``labels`` (other labels untouched) and return the frame's
+    new labels. ``undoable`` records the change in napari's undo history (Ctrl+Z on the Labels
+    layer)."""
     view = geometry.label_frames(labels.data)
     current = np.asarray(view[result.frame])
     new = compose_labels(current, result)
     if not undoable:
         view[result.frame] = new
-        return
+        return new
     changed = np.nonzero(new != current)
     if changed[0].size == 0:
-        return
+        return new
     lead = geometry.index(result.frame)
     indices = tuple(np.full(changed[0].size, i) for i in lead) + changed
     labels.data_setitem(indices, new[changed])
+    return new
+
+
+def outside_points(points: Points, image: Image, geometry: StackGeometry) -> list[int]:
+    """Indices of the clicks that are not on the image: beyond its edges (napari lets one click
+    anywhere on the canvas), or off the slices being tracked (another Z of a 4-D stack)."""
+    if len(points.data) == 0:
+        return []
+    coords = _to_image_data(points, image, np.asarray(points.data))
+    h, w = geometry.spatial_shape
+    bad = []
+    for i, c in enumerate(coords):
+        where = geometry.frame_of(c)
+        if where is None:
+            bad.append(i)
+            continue
+        _, row, col = where
+        if not (-0.5 <= row <= h - 0.5 and -0.5 <= col <= w - 0.5):
+            bad.append(i)
+    return bad
+
+
+def tiny_boxes(shapes: Shapes, image: Image, geometry: StackGeometry, size: float = 3.0):
+    """(index, (frame, obj_id, row, col)) of the rectangles smaller than ``size`` pixels each
+    way on the tracked slices: a click on the boxes layer, not a drag, meant as a click."""
+    ids = shapes.features[OBJ_ID].to_numpy() if OBJ_ID in shapes.features else None
+    n = geometry.ndim_spatial
+    found = []
+    for i, (verts, kind) in enumerate(zip(shapes.data, shapes.shape_type)):
+        if kind not in ("rectangle", "polygon"):
+            continue
+        coords = _to_image_data(shapes, image, np.asarray(verts))
+        where = geometry.frame_of(coords[0])
+        lo, hi = coords[:, n - 2 :].min(axis=0), coords[:, n - 2 :].max(axis=0)
+        if where is None or (hi - lo >= size).any():
+            continue
+        obj_id = int(ids[i]) if ids is not None else 1
+        found.append((i, (where[0], obj_id, (lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2)))
+    return found
+
+
+def add_prompts(points: Points, shapes: Shapes, image: Image, geometry, prompts) -> None:
+    """Put saved clicks and boxes (ObjectPrompt, in slice pixels) back into the layers."""
+    coords, ids, positive, rects, box_ids = [], [], [], [], []
+    for p in prompts:
+        lead = list(geometry.index(p.frame))
+        for (row, col), label in zip(p.points, p.labels):
+            world = image.data_to_world(lead + [row, col])
+            coords.append(points.world_to_data(world))
+            ids.append(p.obj_id)
+            positive.append(bool(label))
+        if p.box is not None:
+            r0, c0, r1, c1 = p.box
+            corners = [lead + [r, c] for r, c in ((r0, c0), (r0, c1), (r1, c1), (r1, c0))]
+            rects.append([shapes.world_to_data(image.data_to_world(v)) for v in corners])
+            box_ids.append(p.obj_id)
+    if rects:
+        shapes.add_rectangles(np.array(rects))
+        shapes.features = shapes.features.assign(**{OBJ_ID: _tail(shapes, OBJ_ID, box_ids)})
+    if coords:
+        start = len(points.data)
+        points.add(np.array(coords))
+        features = points.features.copy()
+        features.loc[start:, OBJ_ID] = ids
+        features.loc[start:, POSITIVE] = positive
+        points.features = features
+
+
+def _tail(layer, column: str, values) -> np.ndarray:
+    current = layer.features[column].to_numpy().copy()
+    current[len(current) - len(values) :] = values
+    return current
 
 
 def erase_objects(labels: Labels, obj_ids) -> None:

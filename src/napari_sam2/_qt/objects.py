@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import ComboBox, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Labels
 
 from ..engine.automatic import masks_to_labels
@@ -28,21 +28,21 @@ class Cancelled(Exception):
     """Raised inside the automatic mask generator when the user cancels."""
 
 
-class ObjectTools(Container):
-    """The widget's *many objects* controls; ``widget`` is the :class:`SAM2Widget` they serve."""
+class ObjectTools:
+    """The widget's *many objects* controls (``widgets``, laid out by the widget in its own
+    column of labels); ``widget`` is the :class:`SAM2Widget` they serve."""
 
     def __init__(self, widget: SAM2Widget) -> None:
-        super().__init__(labels=True)
         self.widget = widget
         self.points_per_side = SpinBox(
-            label="everything: clicks per side",
+            label="clicks per side",
             min=2,
             max=64,
             value=32,
             tooltip="Segment everything clicks a grid of this many points per side (32: 1,024)",
         )
         self.iou_threshold = FloatSpinBox(
-            label="everything: min. quality",
+            label="min. quality",
             min=0.0,
             max=1.0,
             step=0.05,
@@ -50,7 +50,7 @@ class ObjectTools(Container):
             tooltip="Keep masks whose predicted IoU is above this (SAM 2's pred_iou_thresh)",
         )
         self.stability_threshold = FloatSpinBox(
-            label="everything: min. stability",
+            label="min. stability",
             min=0.0,
             max=1.0,
             step=0.05,
@@ -67,21 +67,19 @@ class ObjectTools(Container):
             "Use what is painted in SAM2 labels for the current object on this slice as its "
             "prompt (brush strokes do this by themselves)"
         )
-        self.extend(
-            [
-                self.points_per_side,
-                self.iou_threshold,
-                self.stability_threshold,
-                self.segment_all,
-                self.source,
-                self.from_labels,
-                self.use_painted,
-            ]
-        )
+        self.widgets = [
+            self.points_per_side,
+            self.iou_threshold,
+            self.stability_threshold,
+            self.segment_all,
+            self.source,
+            self.from_labels,
+            self.use_painted,
+        ]
         self.segment_all.changed.connect(self.segment_everything)
         self.from_labels.changed.connect(self.objects_from_labels)
         self.use_painted.changed.connect(self.painted_mask_as_prompt)
-        self._writing = False  # our own writes into SAM2 labels are not the user's painting
+        self.writing = False  # our own writes into SAM2 labels are not the user's painting
         self._cancel = threading.Event()
         self.set_enabled(False)
 
@@ -113,7 +111,7 @@ class ObjectTools(Container):
         total = options["points_per_side"] ** 2
         w.start_progress(total, "SAM 2: segmenting everything", cancel=self._cancel.set)
         self._cancel.clear()
-        w.status.value = f"Segmenting everything on slice {frame}…"
+        w.feedback.say(f"Segmenting everything on slice {frame}…")
         w._run(
             self._generate,
             frame,
@@ -163,10 +161,10 @@ class ObjectTools(Container):
     def _add_found(self, frame: int, records) -> None:
         w = self.widget
         if records is None:
-            w.status.value = "Segment everything cancelled; nothing was added."
+            w.feedback.done("Segment everything cancelled; nothing was added.")
             return
         if not records:
-            w.status.value = (
+            w.feedback.done(
                 f"Nothing found on slice {frame}; lower 'everything: min. quality' or click."
             )
             return
@@ -218,7 +216,7 @@ class ObjectTools(Container):
         """napari's paint event of SAM2 labels: the painted objects become mask prompts on the
         painted slices (new ids become new objects; erased objects are absent there)."""
         w = self.widget
-        if self._writing or w.session is None:
+        if self.writing or w.session is None:
             return
         touched = painted_objects(event.value, w.geometry)
         objects = set(w.session.obj_ids)
@@ -231,7 +229,7 @@ class ObjectTools(Container):
         w = self.widget
         for frame, ids in touched.items():
             labels = np.asarray(w.label_view()[frame])
-            w.status.value = f"Painted objects {sorted(ids)} on slice {frame} become prompts…"
+            w.feedback.say(f"Painted objects {sorted(ids)} on slice {frame} become prompts…")
             w._run(
                 w.session.add_label_prompts,
                 frame,
@@ -256,7 +254,7 @@ class ObjectTools(Container):
             w.show_problem(f"{what}: every object overlaps labels already on slice {frame}.")
             return
         self.write_frame(frame, merged)
-        w.status.value = f"{what} on slice {frame}: prompting…"
+        w.feedback.say(f"{what} on slice {frame}: prompting…")
         w._run(
             w.session.add_label_prompts,
             frame,
@@ -269,7 +267,7 @@ class ObjectTools(Container):
         w = self.widget
         w.show_sync(outcome)
         dropped = f"; too small for the model: {list(outcome.removed)}" if outcome.removed else ""
-        w.status.value = f"{what} on slice {outcome.frame}: done{dropped}. Propagate to track them."
+        w.feedback.done(f"{what} on slice {outcome.frame}: done{dropped}. Propagate to track them.")
 
     def write_frame(self, frame: int, new: np.ndarray) -> None:
         """Write one slice of SAM2 labels as ours (not the user's painting), undoably."""
@@ -281,11 +279,11 @@ class ObjectTools(Container):
             return
         lead = w.geometry.index(frame)
         indices = tuple(np.full(changed[0].size, i) for i in lead) + changed
-        self._writing = True
+        self.writing = True
         try:
             w.labels_layer.data_setitem(indices, new[changed])
         finally:
-            self._writing = False
+            self.writing = False
 
     def _next_id(self) -> int:
         return max(self.widget.used_ids(), default=0) + 1

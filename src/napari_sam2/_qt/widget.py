@@ -2,47 +2,37 @@
 
 Thin by design: prompts are read from napari layers (``layers.py``), all tracking logic is the
 Qt-free :class:`~napari_sam2.engine.session.PromptSession`, and everything slow runs on napari
-worker threads with a progress bar and Cancel.
+workers (``feedback.py``) with a progress bar and Cancel. Many objects (``objects.py``), the
+object list (``object_list.py``), saved sessions (``session_io.py``), the labels array
+(``labels_data.py``) and keyboard shortcuts (``shortcuts.py``) have modules of their own.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
 from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from napari.layers import Image, Labels, Points, Shapes
-from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QSizePolicy, QTabWidget, QWidget
 
 from ..engine.session import PromptSession
 from ..engine.stack import StackError, StackGeometry
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
 from ..model.precision import PRECISIONS
-from ..weights import WeightsError
+from . import labels_data, shortcuts
 from . import layers as L
+from .feedback import EXPECTED_ERRORS, Feedback, Runner
+from .object_list import ObjectList
 from .objects import ObjectTools
+from .prompting import META, PromptingMixin
+from .propagation import PropagationMixin
+from .sessions import SessionMixin
 
-# Errors that are the user's to fix (bad file, offline, bad prompt): shown as a message, not as a
-# traceback. Anything else is a bug and reaches napari's error reporting.
-EXPECTED_ERRORS = (ValueError, KeyError, OSError, WeightsError)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: Exception
+POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
+EMBEDDING_CACHE = 8  # slices whose image embedding is kept in RAM (LRU); all go to disk
 
 
 def _full_resolution(image: Image):
@@ -50,36 +40,42 @@ def _full_resolution(image: Image):
     return image.data[0] if image.multiscale else image.data
 
 
-def _guarded(fn):
-    """``fn`` with expected errors returned (or yielded) as :class:`_Failure` values."""
-    if inspect.isgeneratorfunction(fn):
-
-        def generator(*args):
-            try:
-                return (yield from fn(*args))
-            except EXPECTED_ERRORS as e:
-                yield _Failure(e)
-
-        return generator
-
-    def call(*args):
-        try:
-            return fn(*args)
-        except EXPECTED_ERRORS as e:
-            return _Failure(e)
-
-    return call
+def _tip(text: str, method: str) -> str:
+    return shortcuts.tooltip(text, method)
 
 
-POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
-EMBEDDING_CACHE = 8  # slices whose image embedding is kept (LRU)
+def _keep_narrow(container: Container) -> None:
+    """Fields take the width the dock gives them instead of asking for theirs (a long file
+    path or layer name would otherwise widen the dock and squeeze the canvas)."""
+    for w in container:
+        if not isinstance(w, (PushButton, CheckBox)):
+            vertical = w.native.sizePolicy().verticalPolicy()
+            w.native.setSizePolicy(QSizePolicy.Policy.Ignored, vertical)
 
 
-class SAM2Widget(Container):
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when the widget leaves its dock (napari's close button unparents the
+    widget and keeps it)."""
+
+    def __init__(self, on_close) -> None:
+        super().__init__()
+        self._on_close = on_close
+        self._docked = False
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._on_close()
+        return False
+
+
+class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
     """Dock widget. ``viewer`` is the napari viewer it works on."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = viewer
         self.session: PromptSession | None = None
         self.geometry: StackGeometry | None = None
@@ -87,11 +83,23 @@ class SAM2Widget(Container):
         self.points: Points | None = None
         self.boxes: Shapes | None = None
         self.labels_layer: Labels | None = None
-        self.worker = None  # the running or last worker (tests wait on it)
+        self.labels_data = None
         self.propagation_worker = None
-        self._workers: set = set()  # every worker still running
+        self.names: dict[int, str] = {}
         self._models: dict[tuple, object] = {}
-        self._progress = None
+        self._labelled: dict[int, set[int]] = {}  # frame -> object ids with labels there
+        self._stale_after: int | None = None
+        self._speed_checked = False
+        self._written: set[int] = set()
+        self._propagations = 0  # finished so far (a sync finishing after one keeps its message)
+        self._after_begin = None
+        self._ready_note: str | None = None  # said instead of "Ready" after the next sync
+        self._sync_errors: list[str] = []
+        self._sync_changed = False
+        self._cancel_action = None  # what Cancel stops: a propagation, segment everything
+        self.feedback = Feedback()
+        self.status = self.feedback.status
+        self.runner = Runner(self._on_error)
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model_name = ComboBox(label="model", choices=MODEL_NAMES, value=DEFAULT_MODEL)
@@ -120,48 +128,73 @@ class SAM2Widget(Container):
             "temporary one"
         )
         self.stack_axis = ComboBox(label="track along", choices=self._axis_choices)
-        self.new_labels = CheckBox(label="write into a new Labels layer", value=False)
+        self.new_labels = CheckBox(label="start afresh (new SAM2 layers)", value=False)
+        self.new_labels.tooltip = (
+            "Off: an image's existing SAM2 layers are resumed from. On: new layers are made"
+        )
         self.start_button = PushButton(text="Start segmenting")
-        self.obj_id = SpinBox(label="object id", min=1, max=65535, value=1)
+        self.obj_id = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
         self.new_object = PushButton(text="New object")
+        self.new_object.tooltip = _tip("The next unused object id", "next_object")
         self.negative = CheckBox(label="negative clicks (or Shift-click)", value=False)
+        self.negative.tooltip = _tip("Clicks mark what is not the object", "toggle_negative")
         self.undo = PushButton(text="Undo last click")
+        self.undo.tooltip = _tip(
+            "Remove the latest click; its slice is segmented again", "undo_last_click"
+        )
+        self.object_list = ObjectList(
+            self._select_object, self.delete_object, self.go_to_frame, self._rename
+        )
+        self.objects = ObjectTools(self)
         self.direction = ComboBox(
             label="direction", choices=["forward", "backward", "both"], value="both"
         )
-        self.first = SpinBox(label="from frame (-1: auto)", min=-1, max=1_000_000, value=-1)
-        self.last = SpinBox(label="to frame (-1: end)", min=-1, max=1_000_000, value=-1)
+        self.first = SpinBox(label="from slice (-1: auto)", min=-1, max=10_000_000, value=-1)
+        self.last = SpinBox(label="to slice (-1: end)", min=-1, max=10_000_000, value=-1)
+        self.follow = CheckBox(label="follow the propagation", value=False)
+        self.follow.tooltip = "Move the slider to each slice as it is written"
         self.propagate_button = PushButton(text="Propagate")
+        self.propagate_button.tooltip = _tip("Track every object through the stack", "propagate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="Pick an image and press Start.")
-        self._cancel_action = None  # what Cancel stops: a propagation, segment everything
-        self.objects = ObjectTools(self)
-        self.extend(
-            [
-                self.image,
-                self.model_name,
-                self.checkpoint,
-                self.device,
-                self.input_size,
-                self.precision,
-                self.compile,
-                self.embeddings,
-                self.stack_axis,
-                self.new_labels,
-                self.start_button,
-                self.obj_id,
-                self.new_object,
-                self.negative,
-                self.undo,
-                self.objects,
-                self.direction,
-                self.first,
-                self.last,
-                self.propagate_button,
-                self.cancel_button,
-                self.status,
-            ]
-        )
+        self.cancel_button.tooltip = _tip("Stop after the slice in progress", "cancel")
+        self.session_folder = FileEdit(label="session folder", mode="d", value="")
+        self.save_button = PushButton(text="Save session")
+        self.load_button = PushButton(text="Load session")
+        # Four tabs, so that the dock fits a laptop screen; the progress bar and the status
+        # line stay in view below them.
+        self.tabs = QTabWidget()
+        self.pages = {}
+        for title, widgets in (
+            (
+                "Start",
+                [self.image, self.model_name, self.checkpoint, self.device, self.input_size,
+                 self.precision, self.compile, self.embeddings, self.stack_axis,
+                 self.new_labels, self.start_button],
+            ),
+            (
+                "Segment",
+                [self.obj_id, self.new_object, self.negative, self.undo, self.object_list,
+                 self.direction, self.first, self.last, self.follow, self.propagate_button,
+                 self.cancel_button],
+            ),
+            ("Many objects", self.objects.widgets),
+            ("Session", [self.session_folder, self.save_button, self.load_button]),
+        ):  # fmt: skip
+            page = Container(labels=True)
+            page.extend([w for w in widgets if not isinstance(w, QWidget)])
+            for i, w in enumerate(widgets):  # Qt widgets (the object list) in their place
+                if isinstance(w, QWidget):
+                    after = next(x for x in widgets[i + 1 :] if not isinstance(x, QWidget))
+                    row = after.native
+                    while row.parent() is not page.native:
+                        row = row.parent()
+                    page.native.layout().insertWidget(page.native.layout().indexOf(row), w)
+            _keep_narrow(page)
+            self.pages[title] = page
+            self.tabs.addTab(page.native, title)
+        self.extend([self.feedback.bar, self.status])
+        self.native.layout().insertWidget(0, self.tabs)
+        self.native.setMinimumWidth(360)
         self.start_button.changed.connect(self.start)
         self.new_object.changed.connect(self.next_object)
         self.obj_id.changed.connect(self._update_defaults)
@@ -169,11 +202,23 @@ class SAM2Widget(Container):
         self.undo.changed.connect(self.undo_last_click)
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
-        self.image.changed.connect(lambda *_: self.stack_axis.reset_choices())
-        viewer.layers.events.inserted.connect(self._on_layer_inserted)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
-        viewer.dims.events.current_step.connect(self._on_slider)
+        self.save_button.changed.connect(self.save_session)
+        self.load_button.changed.connect(self.load_session)
+        self.image.changed.connect(self._on_image_choice)
+        self._viewer_events = [
+            (viewer.layers.events.inserted, self._on_layers_changed),
+            (viewer.layers.events.removed, self._on_layer_removed),
+            (viewer.dims.events.current_step, self._on_slider),
+        ]
+        for event, handler in self._viewer_events:
+            event.connect(handler)
+        self._keys = shortcuts.bind(viewer, self)
+        # Closing the dock unparents this widget (napari keeps it); closing napari deletes it.
+        self._watcher = _CloseWatcher(self._on_closed)
+        self.native.installEventFilter(self._watcher)
+        self.native.destroyed.connect(self._on_closed)
         self._set_session_enabled(False)
+        self._on_image_choice()
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, *_):
@@ -186,38 +231,71 @@ class SAM2Widget(Container):
         n = layer.ndim - 2
         if n <= 0:
             return [("single image", -1)]
-        names = [f"axis {i} ({layer.data.shape[i]})" for i in range(n)]
-        return [(name, i) for i, name in enumerate(names)]
+        shape = _full_resolution(layer).shape
+        offset = self.viewer.dims.ndim - layer.ndim
+        labels = self.viewer.dims.axis_labels
+        choices = []
+        for i in range(n):
+            label = str(labels[offset + i])
+            named = label.lstrip("-").isdigit()  # napari's default labels are numbers
+            name = f"axis {i}" if named else f"{label} · axis {i}"
+            choices.append((f"{name} ({shape[i]} slices)", i))
+        return choices
+
+    def _on_image_choice(self, *_) -> None:
+        self.stack_axis.reset_choices()
+        image = self.image.value
+        if self.session is not None and image is not self.image_layer:
+            self.end_session(
+                f"The image changed to '{getattr(image, 'name', None)}': the session "
+                "of the previous one ended. Press Start to segment this one."
+            )
+            return
+        if self.session is None and image is not None and self._sam2_layers(image):
+            self.feedback.say(
+                f"'{image.name}' has SAM2 layers: Start resumes from them (tick 'start afresh' "
+                "for new ones)."
+            )
 
     # ------------------------------------------------------------------ start
     def start(self, *_) -> None:
-        """Load the model (in the background) and set up prompt and label layers."""
+        """Load the model (in the background) and set up (or resume) the SAM2 layers."""
         image = self.image.value
         if image is None:
-            show_error("Open an image first (File → Open Sample → SAM 2 has examples).")
+            self.feedback.error("Open an image first (File → Open Sample → SAM 2 has examples).")
             return
         try:
             geometry = self._geometry_for(image)
         except StackError as e:
-            show_error(str(e))
+            self.feedback.error(e)
             return
         checkpoint = self.checkpoint.value
         checkpoint = None if checkpoint in (None, "") or Path(checkpoint).is_dir() else checkpoint
-        key = (
-            self.model_name.value,
-            str(checkpoint),
-            self.device.value,
-            self.input_size.value,
-            self.precision.value,
-            bool(self.compile.value),
-        )
-        self.status.value = f"Loading {self.model_name.value}…"
-        self._run(
+        key = (*self.model_settings().values(), str(checkpoint), self.device.value)
+        self.feedback.say(f"Loading {self.model_name.value}…")
+        self.run(
             self._load_model,
             key,
             checkpoint,
             returned=lambda model: self._begin(image, geometry, model, key),
         )
+
+    def model_settings(self) -> dict:
+        """The model of the session running (else the one chosen): name, input size, precision."""
+        model = self.session.tracker.model if self.session is not None else None
+        if model is not None:
+            return {
+                "name": model.config.name,
+                "input_size": int(model.config.image_size),
+                "precision": model.precision,
+                "compile": bool(model.compiled),
+            }
+        return {
+            "name": self.model_name.value,
+            "input_size": int(self.input_size.value),
+            "precision": self.precision.value,
+            "compile": bool(self.compile.value),
+        }
 
     def use_model(self, model, image: Image | None = None) -> None:
         """Start with an already loaded model (scripts and tests); synchronous."""
@@ -228,7 +306,7 @@ class SAM2Widget(Container):
         if key not in self._models:
             import napari_sam2 as ns
 
-            name, _, device, size, precision, compile_ = key
+            name, size, precision, compile_, _, device = key
             self._models[key] = ns.load_model(
                 name,
                 checkpoint=checkpoint,
@@ -241,340 +319,205 @@ class SAM2Widget(Container):
 
     def _geometry_for(self, image: Image) -> StackGeometry:
         shape = tuple(_full_resolution(image).shape)
-        rgb = bool(image.rgb)
         lead = image.ndim - 2
         displayed = tuple(self.viewer.dims.displayed[-2:]) if self.viewer.dims.ndisplay == 2 else ()
-        if displayed and tuple(d - (self.viewer.dims.ndim - image.ndim) for d in displayed) != (
-            image.ndim - 2,
-            image.ndim - 1,
-        ):
+        offset = self.viewer.dims.ndim - image.ndim
+        if displayed and tuple(d - offset for d in displayed) != (image.ndim - 2, image.ndim - 1):
             raise StackError("Show the last two axes (Y, X) in 2-D view to segment slices.")
         if lead <= 0:
-            return StackGeometry(shape, rgb)
+            return StackGeometry(shape, bool(image.rgb))
         axis = self.stack_axis.value
         axis = 0 if axis is None or axis < 0 else int(axis)
         position = np.round(image.world_to_data(self.viewer.dims.point)).astype(int)
         fixed = {a: int(np.clip(position[a], 0, shape[a] - 1)) for a in range(lead) if a != axis}
-        return StackGeometry(shape, rgb, axis, fixed)
+        return StackGeometry(shape, bool(image.rgb), axis, fixed)
 
     def _begin(self, image: Image, geometry: StackGeometry, model, key) -> None:
-        if self.session is not None:
-            self.session.close()
-        self.image_layer, self.geometry = image, geometry
+        self.end_session(None)
         store = self.embeddings.value
         store = None if store in (None, "") or str(store) in ("", ".") else str(store)
+        resume = None if self.new_labels.value else self._sam2_layers(image, geometry)
         try:
-            self.session = PromptSession(
+            session = PromptSession(
                 model,
                 geometry.frames(_full_resolution(image)),
                 feature_cache=EMBEDDING_CACHE,
                 embeddings=store,
             )
-        except EXPECTED_ERRORS as e:  # an embeddings store made for another image, say
-            self.session = None
-            self._set_session_enabled(False)
-            self.show_problem(f"SAM 2: {e}")
+            if not (resume and "labels" in resume):
+                self.labels_data = labels_data.allocate(geometry)
+        except EXPECTED_ERRORS as e:  # a store made for another image; no memory for labels
+            self.feedback.error(e)
             return
+        self.session, self.image_layer, self.geometry = session, image, geometry
         common = {
             "scale": image.scale[: geometry.ndim_spatial],
             "translate": image.translate[: geometry.ndim_spatial],
         }
+        self._make_layers(image, geometry, common, resume or {})
+        self._update_defaults()
+        self.points.mode = "add"
+        self.viewer.layers.selection.active = self.points
+        self._set_session_enabled(True)
+        self.propagate_button.enabled = geometry.num_frames > 1
+        self.direction.enabled = self.first.enabled = self.last.enabled = geometry.num_frames > 1
+        what = f"{key[0]} ready · {geometry.num_frames} slice(s)"
+        if resume:
+            what += f" · resumed from the SAM2 layers of '{image.name}'"
+        message = f"{what}. Click on an object (object {self.obj_id.value})."
+        if resume:
+            self._ready_note = message  # said again once the layers' prompts are synced
+            self._resume(resume)
+        self.feedback.done(message)
+        self.tabs.setCurrentWidget(self.pages["Segment"].native)
+        self.refresh_objects()
+        if self._after_begin is not None:
+            after, self._after_begin = self._after_begin, None
+            after()
+        self._on_slider()
+
+    def _make_layers(self, image, geometry, common, resume: dict) -> None:
         ndim = geometry.ndim_spatial
-        if self.labels_layer is not None:
-            self.labels_layer.events.paint.disconnect(self.objects.on_paint)
-        self.labels_layer = self._labels_layer(geometry, common)
+        tag = {"image": image.name}
+        if "labels" in resume:
+            self.labels_layer = resume["labels"]
+        else:
+            name = LABELS_NAME if LABELS_NAME not in self.viewer.layers else None
+            self.labels_layer = self.viewer.add_labels(
+                self.labels_data.array,
+                name=name or f"{LABELS_NAME} {len(self.viewer.layers)}",
+                metadata={META: {**tag, "role": "labels", "mask_prompts": {}}},
+                **common,
+            )
         self.labels_layer.events.paint.connect(self.objects.on_paint)
         self.objects.source.reset_choices()
-        if self.points is None or self.points not in self.viewer.layers:
+        size = max(6.0, round(min(geometry.spatial_shape) / 80))  # visible on large images
+        if "clicks" in resume:
+            self.points = resume["clicks"]
+        else:
             self.points = self.viewer.add_points(
                 np.zeros((0, ndim)),
                 ndim=ndim,
                 name=POINTS_NAME,
-                size=6,
-                **common,
+                size=size,
+                metadata={META: {**tag, "role": "clicks"}},
                 features={L.OBJ_ID: np.zeros(0, int), L.POSITIVE: np.zeros(0, bool)},
+                **common,
             )
-            self.points.events.data.connect(self._on_prompts_changed)
-            # Before napari's own add-point handler: Shift makes this click negative.
-            self.points.mouse_drag_callbacks.insert(0, self._polarity_from_modifiers)
-        if self.boxes is None or self.boxes not in self.viewer.layers:
+        self.points.events.data.connect(self._on_prompts_changed)
+        # Before napari's own add-point handler: Shift makes this click negative.
+        self.points.mouse_drag_callbacks.insert(0, self._polarity_from_modifiers)
+        if "boxes" in resume:
+            self.boxes = resume["boxes"]
+        else:
             self.boxes = self.viewer.add_shapes(
                 ndim=ndim,
                 name=BOXES_NAME,
                 edge_color="yellow",
                 face_color="transparent",
-                edge_width=2,
+                edge_width=max(2.0, size / 3),
+                metadata={META: {**tag, "role": "boxes"}},
                 features={L.OBJ_ID: np.zeros(0, int)},
                 **common,
             )
-            self.boxes.events.data.connect(self._on_prompts_changed)
-        self._update_defaults()
-        self.points.mode = "add"
-        self.viewer.layers.selection.active = self.points
-        self._set_session_enabled(True)
-        frames = geometry.num_frames
-        self.status.value = (
-            f"{key[0]} ready · {frames} frame(s). Click to add points (object "
-            f"{self.obj_id.value}); draw boxes in '{BOXES_NAME}'."
-        )
-        self._on_slider()
+        self.boxes.events.data.connect(self._on_prompts_changed)
 
-    def _labels_layer(self, geometry: StackGeometry, common) -> Labels:
-        existing = self.labels_layer
-        if (
-            not self.new_labels.value
-            and existing is not None
-            and existing in self.viewer.layers
-            and tuple(existing.data.shape) == geometry.labels_shape
-        ):
-            return existing
-        data = np.zeros(geometry.labels_shape, dtype=np.uint32)
-        name = LABELS_NAME if LABELS_NAME not in self.viewer.layers else None
-        return self.viewer.add_labels(
-            data, name=name or f"{LABELS_NAME} {len(self.viewer.layers)}", **common
-        )
-
-    # ------------------------------------------------------------------ prompts
-    def _update_defaults(self, *_) -> None:
-        if self.points is not None:
-            self._set_point_defaults(shift=False)
-        if self.boxes is not None:
-            self.boxes.feature_defaults = {L.OBJ_ID: int(self.obj_id.value)}
-        if self.labels_layer is not None:
-            self.labels_layer.selected_label = int(self.obj_id.value)
-
-    def _set_point_defaults(self, shift: bool) -> None:
-        """The next click's object id and polarity: negative when exactly one of Shift and the
-        *negative clicks* box is on."""
-        self.points.feature_defaults = {
-            L.OBJ_ID: int(self.obj_id.value),
-            L.POSITIVE: shift == self.negative.value,
-        }
-
-    def _polarity_from_modifiers(self, layer, event) -> None:
-        """A Shift-click adds a negative point (the *negative clicks* box flips the meaning)."""
-        self._set_point_defaults("Shift" in {getattr(k, "name", str(k)) for k in event.modifiers})
-
-    def next_object(self, *_) -> None:
-        """Start a new object: the next unused id."""
-        self.obj_id.value = max([int(self.obj_id.value), *self.used_ids()]) + 1
-
-    def used_ids(self) -> list[int]:
-        """Object ids in use: in the prompt layers and in the tracker."""
-        used = []
-        for layer in (self.points, self.boxes):
-            if layer is not None and len(layer.data):
-                used.extend(int(v) for v in layer.features[L.OBJ_ID])
+    def end_session(self, message: str | None = "Pick an image and press Start.") -> None:
+        """Stop background work and forget the tracker (the layers stay, and a later Start on
+        the same image resumes from them)."""
+        self.runner.stop_all()
         if self.session is not None:
-            used.extend(self.session.obj_ids)
-        return used
-
-    def undo_last_click(self, *_) -> None:
-        """Remove the most recently added click (its slice is segmented again)."""
-        if self.points is not None and len(self.points.data):
-            self.points.selected_data = {len(self.points.data) - 1}
-            self.points.remove_selected()
-
-    def _on_prompts_changed(self, event=None) -> None:
-        action = getattr(event, "action", None)
-        if action is not None and str(getattr(action, "value", action)) in (
-            "adding",
-            "removing",
-            "changing",
-        ):
-            return  # wait for the finished action
-        if self.session is None:
-            return
-        L.color_points(self.points)
-        points = L.point_rows(self.points, self.image_layer, self.geometry)
-        boxes = L.box_rows(self.boxes, self.image_layer, self.geometry)
-        frames = sorted(
-            {r.frame for r in points} | {r.frame for r in boxes} | self.session.synced_frames()
-        )
-        session = self.session
-
-        def sync():
-            for frame in frames:
-                outcome = session.sync_frame(frame, points, boxes)
-                if outcome.result is not None or outcome.removed:
-                    yield outcome
-
-        self.status.value = "Segmenting…"
-        self._run(sync, yielded=self._show_sync, finished=self._ready_message)
-
-    def _show_sync(self, outcome) -> None:
-        if outcome.removed:
-            L.erase_objects(self.labels_layer, outcome.removed)
-        if outcome.result is not None:
-            self.write_result(outcome.result, undoable=True)
-
-    def show_sync(self, outcome) -> None:
-        """Show the result of a prompt change (masks of new objects stay as in the layer)."""
-        if outcome.result is not None:
-            self.write_result(outcome.result, undoable=True)
-
-    def write_result(self, result, undoable: bool) -> None:
-        """Write a frame's result into SAM2 labels, leaving alone the objects whose prompt on
-        that frame is a mask (their labels there are the user's or the generator's)."""
-        masked = self.session.mask_prompted(result.frame) if self.session is not None else ()
-        if masked:
-            result = result.without(masked)
-        self.objects._writing = True
-        try:
-            L.write_result(self.labels_layer, self.geometry, result, undoable=undoable)
-        finally:
-            self.objects._writing = False
-
-    def label_view(self):
-        """SAM2 labels as (T, H, W) frames of the tracked axis."""
-        return self.geometry.label_frames(self.labels_layer.data)
-
-    def current_frame(self) -> int:
-        """The tracked slice shown by the viewer."""
-        if self.geometry.stack_axis is None:
-            return 0
-        position = self.image_layer.world_to_data(self.viewer.dims.point)
-        frame = round(position[self.geometry.stack_axis])
-        return int(np.clip(frame, 0, self.geometry.num_frames - 1))
-
-    def _on_slider(self, *_) -> None:
-        """Embed the slice now shown, in the background, so the first click on it is fast."""
-        if self.session is None or self.geometry.stack_axis is None or self.busy:
-            return
-        self._run(self.session.embed, self.current_frame(), quiet=True)
-
-    # ------------------------------------------------------------------ propagation
-    def propagate(self, *_) -> None:
-        """Track every object through the stack, filling the Labels layer as frames arrive."""
-        if self.session is None:
-            show_error("Press Start and add a prompt first.")
-            return
-        start = None if self.first.value < 0 else int(self.first.value)
-        stop = None if self.last.value < 0 else int(self.last.value)
-        try:
-            total = self.session.plan(self.direction.value, start, stop)
-        except ValueError as e:  # PromptError, bad range
-            show_error(str(e))
-            return
-        self.propagate_button.enabled = False
-        self.status.value = f"Propagating {self.direction.value} ({total} frames)…"
-        # Signals reach this (main) thread after this method returns: the bar exists by then.
-        self.propagation_worker = self._run(
-            self.session.propagate,
-            self.direction.value,
-            start,
-            stop,
-            yielded=self._show_frame,
-            finished=self._propagation_done,
-        )
-        self.start_progress(total, "SAM 2: propagating", cancel=self.propagation_worker.quit)
-
-    def _show_frame(self, result) -> None:
-        self.write_result(result, undoable=False)
-        self.labels_layer.refresh()
-        self.advance_progress(1)
-
-    def cancel(self, *_) -> None:
-        """Stop the work in progress (a propagation after the frame being computed, segment
-        everything after the batch of clicks being decoded); results so far are kept."""
-        if self._cancel_action is not None:
-            self._cancel_action()
-        self.status.value = "Cancelling…"
-
-    def start_progress(self, total: int, desc: str, cancel) -> None:
-        """A progress bar for long work, and what Cancel does meanwhile."""
-        self._progress = progress(total=total, desc=desc)
-        self._cancel_action = cancel
-        self.cancel_button.enabled = True
-
-    def advance_progress(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.update(n)
-
-    def end_progress(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self._cancel_action = None
-        self.cancel_button.enabled = False
-
-    def show_problem(self, message: str) -> None:
-        """A mistake of the user's: the status line and a notification."""
-        self.status.value = message
-        show_error(message)
-
-    def _propagation_done(self) -> None:
-        done = self._progress.n if self._progress is not None else 0
-        total = self._progress.total if self._progress is not None else 0
+            self.session.close()
+        if self.labels_layer is not None:
+            try:
+                self.labels_layer.events.paint.disconnect(self.objects.on_paint)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        for layer in (self.points, self.boxes):
+            if layer is not None:
+                try:
+                    layer.events.data.disconnect(self._on_prompts_changed)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+                if self._polarity_from_modifiers in layer.mouse_drag_callbacks:
+                    layer.mouse_drag_callbacks.remove(self._polarity_from_modifiers)
+        self.session, self.image_layer = None, None
+        self.points = self.boxes = None
+        self._labelled = {}
+        self._set_session_enabled(False)
         self.end_progress()
-        self.propagate_button.enabled = True
-        if done < total:
-            self.status.value = f"Stopped after {done} of {total} frames; Propagate continues."
-        else:
-            self.status.value = f"Propagated {done} frames."
-            show_info(f"SAM 2: propagated {done} frames")
+        if message:
+            self.feedback.done(message)
+        self.refresh_objects()
 
-    def _on_layer_inserted(self, *_) -> None:
+    def _on_layers_changed(self, *_) -> None:
         self.image.reset_choices()
         self.objects.source.reset_choices()
 
     def _on_layer_removed(self, event) -> None:
-        self.image.reset_choices()
-        self.objects.source.reset_choices()
-        if event.value is self.image_layer:
-            self.end_session()
+        self._on_layers_changed()
+        if self.session is not None and event.value is self.image_layer:
+            self.end_session(
+                f"The image '{event.value.name}' was removed: the session ended (its SAM2 "
+                "layers stay)."
+            )
+        elif self.session is not None and event.value in (
+            self.points,
+            self.boxes,
+            self.labels_layer,
+        ):
+            self.end_session(
+                f"The layer '{event.value.name}' was removed: the session ended. Press Start to "
+                "continue with new layers."
+            )
 
-    def end_session(self) -> None:
-        """Stop background work and forget the tracker (the layers stay)."""
-        for worker in list(self._workers):
-            worker.quit()
-        if self.session is not None:
-            self.session.close()
-        self.session, self.image_layer = None, None
-        self._set_session_enabled(False)
-        self.status.value = "Pick an image and press Start."
+    def _on_closed(self, *_) -> None:
+        """The dock was closed (or napari): stop workers, end the session, let go of the
+        viewer and its layers (a widget opened later resumes from the SAM2 layers)."""
+        if self.runner.closed:
+            return
+        self.runner.shutdown()
+        try:
+            self.end_session(None)
+        except RuntimeError:  # napari is closing: the Qt side of this widget is gone already
+            if self.session is not None:
+                self.session.close()
+            self.session = None
+        for event, handler in self._viewer_events:
+            try:
+                event.disconnect(handler)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        shortcuts.unbind(self.viewer, self._keys)
 
     # ------------------------------------------------------------------ helpers
-    def _ready_message(self) -> None:
-        self.status.value = f"Ready · object {self.obj_id.value}."
-
     def _set_session_enabled(self, on: bool) -> None:
-        for w in (self.new_object, self.undo, self.propagate_button):
+        for w in (self.new_object, self.undo, self.propagate_button, self.save_button):
             w.enabled = on
         self.objects.set_enabled(on)
 
-    def _run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
-        worker = create_worker(_guarded(fn), *args)
-        if inspect.isgeneratorfunction(fn):
-            worker.yielded.connect(self._unless_failed(yielded, quiet))
-        worker.returned.connect(self._unless_failed(returned, quiet))
-        if finished is not None:
-            worker.finished.connect(finished)
-        if not quiet:
-            worker.errored.connect(self._on_error)
-        self._workers.add(worker)
-        worker.finished.connect(lambda: self._workers.discard(worker))
-        self.worker = worker
-        worker.start()
-        return worker
+    def run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
+        return self.runner.run(
+            fn, *args, yielded=yielded, returned=returned, finished=finished, quiet=quiet
+        )
 
-    def _unless_failed(self, handler, quiet):
-        def receive(value):
-            if isinstance(value, _Failure):
-                if not quiet:
-                    self._on_error(value.error)
-            elif handler is not None:
-                handler(value)
+    _run = run  # (kept for the many-objects tools)
 
-        return receive
+    @property
+    def worker(self):
+        """The most recent worker (tests wait on it)."""
+        return self.runner.last
 
     @property
     def busy(self) -> bool:
         """Whether any background work (embedding, segmenting, propagating) is running."""
-        return bool(self._workers)  # from creation (not just from start) until finished
+        return self.runner.busy
 
-    def _on_error(self, error: Exception) -> None:
+    def show_problem(self, message: str) -> None:
+        """A mistake of the user's: the status line and a notification."""
+        self.feedback.error(message)
+
+    def _on_error(self, error: BaseException) -> None:
         self.end_progress()
-        self.propagate_button.enabled = self.session is not None
-        self.status.value = f"Error: {error}"
-        show_error(f"SAM 2: {error}")
+        self.propagate_button.enabled = self.session is not None and self.geometry.num_frames > 1
+        self.feedback.error(error)

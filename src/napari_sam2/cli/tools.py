@@ -80,6 +80,9 @@ def view(args: argparse.Namespace) -> int:
     widget = SAM2Widget(viewer)
     widget.model_name.value = args.model
     widget.checkpoint.value = checkpoint
+    widget.input_size.value = args.input_size
+    widget.device.value = args.device
+    widget.precision.value = args.precision
     viewer.window.add_dock_widget(widget, name="SAM 2", area="right")
     napari.run()
     return EXIT_OK

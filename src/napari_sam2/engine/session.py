@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model import SAM2Model
+from .prompts import PromptError
 from .video import FrameResult, VideoTracker, frames_in
 
 
@@ -35,11 +36,14 @@ class BoxRow:
 @dataclass(frozen=True)
 class SyncResult:
     """What a sync changed: the frame's new result (None when nothing changed there, or no
-    object is left) and the objects that no longer have any prompt (removed from tracking)."""
+    object is left), the objects that no longer have any prompt (removed from tracking), and
+    the prompts that could not be used (object id -> why): one bad prompt never stops the
+    others."""
 
     frame: int
     result: FrameResult | None
     removed: tuple[int, ...]
+    errors: tuple[tuple[int, str], ...] = ()
 
 
 class PromptSession:
@@ -77,6 +81,7 @@ class PromptSession:
                     wanted[b.obj_id] = (clicks, b)  # one box per object and frame: the last
             masked = self.mask_prompted(frame)
             changed = False
+            errors = []
             for obj_id, (clicks, box) in wanted.items():
                 signature = (
                     tuple((p.row, p.col, p.positive) for p in clicks),
@@ -84,7 +89,11 @@ class PromptSession:
                 )
                 if self._synced.get((frame, obj_id)) == signature:
                     continue
-                self._prompt(frame, obj_id, clicks, box, obj_id in masked)
+                try:
+                    self._prompt(frame, obj_id, clicks, box, obj_id in masked)
+                except PromptError as e:  # this object's prompt only; the others go on
+                    errors.append((obj_id, str(e)))
+                    continue
                 self._synced[(frame, obj_id)] = signature
                 changed = True
             removed = []
@@ -102,7 +111,7 @@ class PromptSession:
             result = None
             if changed and self.tracker.obj_ids:
                 result = self.tracker.result(frame)  # every object's current mask on this frame
-            return SyncResult(frame, result, tuple(removed))
+            return SyncResult(frame, result, tuple(removed), tuple(errors))
 
     def add_label_prompts(self, frame: int, labels: np.ndarray, obj_ids=None) -> SyncResult:
         """Make each id of ``labels`` (or only ``obj_ids``) an object prompted by its mask on
@@ -136,6 +145,18 @@ class PromptSession:
         image = source.read(self.tracker.source.check_index(frame))
         generator = AutomaticMaskGenerator(self.tracker.model, channel=source.channel, **options)
         return generator.generate(image, progress=progress, window=source.window)
+
+    def remove_object(self, obj_id: int) -> None:
+        """Forget an object everywhere: its prompts (tables and masks) and the tracker's memory."""
+        with self.lock:
+            for key in [k for k in self._synced if k[1] == obj_id]:
+                del self._synced[key]
+            for frame, (_, ids) in list(self._label_prompts.items()):
+                ids.discard(obj_id)
+                if not ids:
+                    del self._label_prompts[frame]
+            if obj_id in self.tracker.obj_ids:
+                self.tracker.remove_object(obj_id)
 
     def mask_prompted(self, frame: int) -> set[int]:
         """Ids of the objects whose prompt on ``frame`` is a mask (their labels there are the

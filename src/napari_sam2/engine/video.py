@@ -125,6 +125,12 @@ class VideoTracker:
         """Object ids in the order results list them (the order they were first prompted)."""
         return tuple(self._objects)
 
+    @property
+    def new_prompt_frames(self) -> list[int]:
+        """Frames prompted since the last propagation reached them (where the next propagation
+        starts)."""
+        return sorted(self._new_prompt_frames)
+
     def prompted_frames(self, obj_id: int | None = None) -> list[int]:
         objs = self._objects.values() if obj_id is None else [self._object(obj_id)]
         return sorted({f for o in objs for f in o.prompts})
@@ -362,7 +368,8 @@ class VideoTracker:
         for i, (first, last, reverse) in enumerate(passes):
             yield from self._pass(first, last, reverse, call, passes[i + 1 :])
         self._unfinished = None
-        self._new_prompt_frames.clear()
+        # Prompts given while it ran are still to be followed by the next propagation.
+        self._new_prompt_frames = {f for o in self._objects.values() for f in o.pending}
 
     def _default_start(self, reverse: bool) -> int:
         candidates = set(self._new_prompt_frames)
@@ -383,7 +390,8 @@ class VideoTracker:
             if i + 1 < len(order) and not self._embeddings.known(order[i + 1]):
                 self._prefetch.request(order[i + 1])
             self._track_frame(frame, reverse)
-            self._new_prompt_frames.discard(frame)
+            if not any(frame in o.pending for o in self._objects.values()):
+                self._new_prompt_frames.discard(frame)
             more = i + 1 < len(order)
             self._resume[reverse] = frame + step if more else None
             rest = [(frame + step, last, reverse)] if more else []
@@ -393,9 +401,12 @@ class VideoTracker:
 
     def _track_frame(self, frame: int, reverse: bool) -> None:
         todo = [o for o in self._objects.values() if frame not in o.cond]
-        if todo:
+        # An object prompted while this propagation runs has nothing encoded to follow yet:
+        # the next propagation commits its prompt and tracks it.
+        plans = [self._memory_plan(o, frame, reverse) for o in todo]
+        plans = [p for p in plans if p.size != (0, 0)]
+        if plans:
             emb = self._embedding(frame)
-            plans = [self._memory_plan(o, frame, reverse) for o in todo]
             # Once per frame, for every object: the memory attention's and memory encoder's
             # object-independent first steps.
             tokens = self.model.memory_frame_tokens(emb.features, emb.pos)
@@ -415,8 +426,10 @@ class VideoTracker:
                 records = FrameRecord(best, pointer, score, memory.to(torch.bfloat16))
                 for i, plan in enumerate(batch):
                     plan.obj.history.put(frame, records.select(i))
+        followed = {id(p.obj) for p in plans}
         for obj in self._objects.values():
-            obj.tracked[frame] = reverse
+            if frame in obj.cond or id(obj) in followed:
+                obj.tracked[frame] = reverse
 
     def _commit_pending(self) -> None:
         """Encode the mask memory of every prompted frame not yet encoded (``object_batch``

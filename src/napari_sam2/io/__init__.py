@@ -19,7 +19,7 @@ See docs/cli.md for the file formats.
 from .errors import InputError, PromptsFileError
 from .label_prompts import LABEL_PROMPT_SUFFIXES, read_label_prompt
 from .outputs import check_output, check_writable_folder, label_counts, label_dtype, label_output
-from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts
+from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts, write_prompts
 from .stacks import STACK_SUFFIXES, TIFF_SUFFIXES, Stack, open_stack, stack_stem
 
 __all__ = [
@@ -41,4 +41,5 @@ __all__ = [
     "read_label_prompt",
     "read_prompts",
     "stack_stem",
+    "write_prompts",
 ]

@@ -287,3 +287,18 @@ def add_prompts(tracker, prompts: Sequence[ObjectPrompt], path=None) -> None:
             )
         except (PromptError, FrameSourceError) as e:
             raise PromptsFileError(path or "prompts", p.lines, str(e)) from None
+
+
+def write_prompts(path: str | os.PathLike, prompts: Sequence[ObjectPrompt]) -> None:
+    """Write clicks and boxes in our CSV layout (what :func:`read_prompts` and the command line
+    read): one row per click, one per box."""
+    path = Path(path)
+    header = ("frame", "obj_id", *CLICK_COLUMNS, *BOX_COLUMNS)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for p in sorted(prompts, key=lambda p: (p.frame, p.obj_id)):
+            for (row, col), label in zip(p.points, p.labels):
+                writer.writerow([p.frame, p.obj_id, f"{row:g}", f"{col:g}", label, "", "", "", ""])
+            if p.box is not None:
+                writer.writerow([p.frame, p.obj_id, "", "", "", *(f"{v:g}" for v in p.box)])

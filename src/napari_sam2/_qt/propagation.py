@@ -1,0 +1,148 @@
+"""The widget's propagation: tracking every object through the stack with a progress bar and
+Cancel, following it with the slider if asked, and embedding the slice shown ahead of a click.
+A part of :class:`~napari_sam2._qt.widget.SAM2Widget`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .feedback import EXPECTED_ERRORS
+
+SLOW_SLICE = 1.5  # seconds: above this, suggest a smaller input size
+
+
+class PropagationMixin:
+    def propagate(self, *_) -> None:
+        """Track every object through the stack, filling the Labels layer as slices arrive."""
+        if self.session is None:
+            self.feedback.error("Press Start and click on an object first.")
+            return
+        if self.runner.busy and self.propagation_worker in self.runner.workers:
+            return  # already propagating
+        start = None if self.first.value < 0 else int(self.first.value)
+        stop = None if self.last.value < 0 else int(self.last.value)
+        try:
+            passes = self.session.tracker.plan(self.direction.value, start, stop)
+        except EXPECTED_ERRORS as e:  # no prompt yet, a range outside the stack
+            self.feedback.error(e)
+            return
+        yields = sum(abs(b - a) + 1 for a, b, _ in passes)
+        slices = len({f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)})
+        self.propagate_button.enabled = False
+        self._written = set()
+        self.feedback.say(f"Propagating {self.direction.value} over {slices} slices…")
+        self.propagation_worker = self.run(
+            self.session.propagate,
+            self.direction.value,
+            start,
+            stop,
+            yielded=self._show_frame,
+            finished=lambda: self._propagation_done(yields, slices),
+        )
+        self.start_progress(yields, "propagating", cancel=self.propagation_worker.quit)
+
+    @property
+    def propagating(self) -> bool:
+        worker = self.propagation_worker
+        return worker is not None and worker in self.runner.workers
+
+    def _show_frame(self, result) -> None:
+        self.write_result(result, undoable=False)
+        self.labels_layer.refresh()
+        self._written.add(result.frame)
+        self.advance_progress(1)
+        if self.follow.value:
+            self.go_to_frame(result.frame)
+
+    def _propagation_done(self, yields: int, slices: int) -> None:
+        self._propagations += 1
+        self.end_progress()
+        if self.session is None:
+            return  # the session ended meanwhile (the image was removed): that message stays
+        self.propagate_button.enabled = self.geometry.num_frames > 1
+        self.refresh_objects()
+        written = len(self._written)
+        waiting = self.session.tracker.new_prompt_frames
+        note = " Prompts given while it ran are followed by the next Propagate." if waiting else ""
+        if self.feedback.error_shown and written < slices:
+            return  # the error says what happened
+        if written < slices:
+            self.feedback.done(
+                f"Stopped after {written} of {slices} slices were written; Propagate continues "
+                f"from there.{note}"
+            )
+        else:
+            both = " (both directions)" if self.direction.value == "both" else ""
+            self.feedback.done(f"Propagated over {slices} slices{both}.{note}", notify=True)
+
+    def cancel(self, *_) -> None:
+        """Stop the work in progress (a propagation after the slice being computed, segment
+        everything after the batch of clicks being decoded); results so far are kept."""
+        if self._cancel_action is not None:
+            self._cancel_action()
+            self.feedback.say("Cancelling…")
+
+    def start_progress(self, total: int, desc: str, cancel) -> None:
+        """The widget's progress bar for long work, and what Cancel does meanwhile."""
+        self.feedback.start_progress(total, desc)
+        self._cancel_action = cancel
+        self.cancel_button.enabled = True
+
+    def advance_progress(self, n: int) -> None:
+        self.feedback.advance(n)
+
+    def end_progress(self) -> None:
+        self.feedback.end_progress()
+        self._cancel_action = None
+        self.cancel_button.enabled = False
+
+    def label_view(self):
+        """SAM2 labels as (T, H, W) frames of the tracked axis."""
+        return self.geometry.label_frames(self.labels_layer.data)
+
+    def current_frame(self) -> int:
+        """The tracked slice shown by the viewer."""
+        if self.geometry.stack_axis is None:
+            return 0
+        position = self.image_layer.world_to_data(self.viewer.dims.point)
+        frame = round(position[self.geometry.stack_axis])
+        return int(np.clip(frame, 0, self.geometry.num_frames - 1))
+
+    def go_to_frame(self, frame: int) -> None:
+        if self.geometry is None or self.geometry.stack_axis is None:
+            return
+        coords = list(self.geometry.index(frame)) + [0, 0]
+        world = self.image_layer.data_to_world(coords)
+        axis = self.viewer.dims.ndim - self.image_layer.ndim + self.geometry.stack_axis
+        self.viewer.dims.set_point(axis, world[self.geometry.stack_axis])
+
+    def _on_slider(self, *_) -> None:
+        """Embed the slice now shown, in the background, so the first click on it is fast."""
+        if self.session is None or self.geometry.stack_axis is None or self.busy:
+            return
+        frame = self.current_frame()
+        started = time.perf_counter()
+        self.run(
+            self.session.embed,
+            frame,
+            quiet=True,
+            returned=lambda _: self._speed_hint(time.perf_counter() - started),
+        )
+
+    def _speed_hint(self, seconds: float) -> None:
+        """After the first slice embedded on a CPU: how long a slice takes, and a faster size."""
+        if self._speed_checked or self.session is None:
+            return
+        self._speed_checked = True
+        model = self.session.tracker.model
+        size = model.config.image_size
+        if model.device.type != "cpu" or seconds < SLOW_SLICE or size <= 256:
+            return
+        smaller = size // 2
+        self.feedback.say(
+            f"A slice takes {seconds:.1f} s to embed at input size {size} on this CPU; "
+            f"{smaller} would take about {seconds / 4:.1f} s (less accurate): choose it under "
+            "'input size' and press Start."
+        )
