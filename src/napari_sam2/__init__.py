@@ -7,8 +7,12 @@ The public API (no Qt needed)::
     p = ns.ImagePredictor(model)
     p.set_image(image)
     r = p.predict(points=[(row, col)], labels=[1])
+
+    # many stacks, here or on a Dask cluster (client=Client(...)), resumable
+    report = ns.segment_many(["a.tif", "b.tif"], prompts="prompts/", out_dir="out/")
 """
 
+from .batch import BatchReport, segment_many
 from .engine.automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from .engine.frames import FrameSourceError
 from .engine.image import ImagePredictor, Prediction
@@ -44,4 +48,6 @@ __all__ = [
     "PromptError",
     "SAM2Model",
     "load_model",
+    "BatchReport",
+    "segment_many",
 ]

@@ -47,6 +47,7 @@ from .io import (
     read_prompts,
     stack_stem,
 )
+from .io.ome import Geometry
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class CheckedJob:
     prompts: tuple[ObjectPrompt, ...] = ()  # clicks and boxes of a CSV file
     label_prompt: np.ndarray | None = None  # (H, W) label image on ``prompt_frame``
     prompt_frame: int | None = None  # of a label image, or of automatic segmentation
+    geometry: Geometry | None = None  # axes and pixel sizes of the label volume
 
     @property
     def obj_ids(self) -> list[int]:
@@ -143,10 +145,10 @@ def plan_jobs(
     ``prompts`` is one CSV or label image for every stack, a folder holding ``<stack
     name>.csv`` for each, or None (segment everything: ``SegmentOptions.auto_frame``).
     ``output`` is the label file of a single stack, or a folder (``<stack name>_labels.<fmt>``
-    in it) for several; ``to_folder`` forces one or the other (default: a folder for several
-    stacks or an existing folder not named .zarr). ``embeddings``: the embeddings store of a
-    single stack, or a folder of ``<stack name>.embeddings.zarr`` for several (made if missing,
-    reused if there). Nothing is created."""
+    in it; ``fmt``: "tif", "zarr" or "ome.zarr") for several; ``to_folder`` forces one or the
+    other (default: a folder for several stacks or an existing folder not named .zarr).
+    ``embeddings``: the embeddings store of a single stack, or a folder of ``<stack
+    name>.embeddings.zarr`` for several (made if missing, reused if there). Nothing is created."""
     for s in stacks:
         if not s.exists():
             raise InputError(f"stack not found: {s}")
@@ -250,6 +252,11 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             )
         except FrameSourceError as e:
             raise InputError(f"{where}: {e}") from None
+        except Exception as e:  # a reader's own error on a sampled frame: truncated, corrupt
+            raise InputError(
+                f"{where}: its frames cannot be read ({type(e).__name__}: {e}); is the file "
+                "complete and readable?"
+            ) from e
         if job.embeddings is not None and job.embeddings.exists():
             check_store_for(job.embeddings, source, options)
         return CheckedJob(
@@ -261,6 +268,7 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             prompts,
             label_prompt,
             prompt_frame,
+            stack.label_geometry,
         )
     finally:
         stack.close()
@@ -298,7 +306,11 @@ def run_job(
         total = frames_in(list(checked.passes))
         dtype = label_dtype_for(max(obj_ids))
         with label_output(
-            job.output, checked.label_shape, dtype, overwrite=options.overwrite
+            job.output,
+            checked.label_shape,
+            dtype,
+            overwrite=options.overwrite,
+            geometry=checked.geometry,
         ) as labels:
             track_to_labels(
                 tracker,

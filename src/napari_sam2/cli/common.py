@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_INPUT = 2
 EXIT_WEIGHTS = 3
+EXIT_FAILED = 4  # some stacks of a batch failed while running; the others were written
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a job ended by `kill`
 

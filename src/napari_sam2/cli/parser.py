@@ -12,6 +12,16 @@ from .common import PROG
 from .segment import embed, segment
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _image_size(text: str) -> int:
     try:
         value = int(text)
@@ -170,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         required=True,
         metavar="OUT",
-        help="label file (.tif or .zarr) for one stack; a folder for several "
+        help="label file (.tif, .zarr or .ome.zarr) for one stack; a folder for several "
         "(<stack name>_labels.tif in it)",
     )
     seg.add_argument(
@@ -183,11 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--stop", type=int, help="last frame of the range to track (inclusive)")
     seg.add_argument(
         "--format",
-        choices=("tif", "zarr"),
+        choices=("tif", "zarr", "ome.zarr"),
         default="tif",
-        help="output format when OUT is a folder (default tif)",
+        help="output format when OUT is a folder (default tif; ome.zarr: an OME-Zarr labels "
+        "group with the image's pixel sizes)",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip stacks whose complete output exists (outputs take their name only when "
+        "complete); redo the others",
+    )
+    where = seg.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="run the stacks in parallel on N worker processes on this machine (Dask), which "
+        "share its cores",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the stacks on an existing Dask cluster, e.g. tcp://head:8786 (weights, "
+        "stacks and outputs on storage every worker sees)",
+    )
     seg.add_argument(
         "--spill-dir",
         metavar="DIR",

@@ -10,22 +10,21 @@ import time
 from pathlib import Path
 
 from .. import weights
-from ..engine.video import frames_in
+from ..batch import FrameBars, prepare, run_here
 from ..io import InputError, stack_stem
 from ..jobs import (
     CheckedJob,
     JobResult,
     SegmentOptions,
-    check_job,
     check_stack,
     check_store_for,
     embed_stack,
     embeddings_path,
     plan_jobs,
-    run_job,
 )
 from ..model.checkpoint import DeviceError
-from .common import EXIT_OK, WeightsUnavailable, log
+from .cluster import segment_on_cluster
+from .common import EXIT_FAILED, EXIT_OK, WeightsUnavailable, log
 
 
 def segment(args: argparse.Namespace) -> int:
@@ -37,7 +36,7 @@ def segment(args: argparse.Namespace) -> int:
         stop=args.stop,
         image_size=args.image_size,
         channel=args.channel,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite or args.resume,  # --resume redoes partial outputs in place
         spill_dir=args.spill_dir,
         prompt_frame=args.prompt_frame,
         auto_frame=args.auto,
@@ -45,6 +44,11 @@ def segment(args: argparse.Namespace) -> int:
         embeddings_dtype=args.embeddings_dtype,
         model=args.model,
     )
+    if args.overwrite and args.resume:
+        raise InputError(
+            "--overwrite and --resume contradict each other: --overwrite redoes every stack, "
+            "--resume keeps the complete outputs; give one"
+        )
     if (args.prompts is None) == (args.auto is None):
         raise InputError(
             "give either --prompts (clicks, boxes or a label image) or --auto FRAME (segment "
@@ -56,26 +60,72 @@ def segment(args: argparse.Namespace) -> int:
         None if args.prompts is None else Path(args.prompts),
         Path(args.output),
         fmt=args.format,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite or args.resume,
         to_folder=to_folder,
         embeddings=None if args.embeddings is None else Path(args.embeddings),
     )
-    device = _check_device(args)
-    checked = [check_job(job, options) for job in jobs]  # everything, before the model loads
+    on_cluster = args.workers is not None or args.scheduler is not None
+    # workers on another machine check their own device; this one may have no GPU
+    device = None if args.scheduler is not None else _check_device(args)
+    # everything, before the model loads
+    checked, _, skipped = prepare(jobs, options, resume=args.resume, strict=True)
+    for stack in skipped:
+        log(f"{stack}: its complete output exists, skipped (--resume)", args.quiet)
     _check_checkpoint(args)
-    for job in jobs:
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-    model = _load_model(args, device)
+    if not checked:
+        print(f"done: nothing to do, {len(skipped)} stacks already segmented")
+        return EXIT_OK
+    for job in checked:
+        job.job.output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    frames = 0
-    for i, job in enumerate(checked, start=1):
-        if len(jobs) > 1:
-            log(f"[{i}/{len(jobs)}] {job.job.stack}", args.quiet)
-        frames += _segment_one(model, job, options, args.quiet)
+    if on_cluster:
+        done, failed = segment_on_cluster(args, checked, options)
+    else:
+        done, failed = _segment_here(args, device, checked, options)
     if len(jobs) > 1:
         elapsed = time.perf_counter() - started
-        print(f"done: {len(jobs)} stacks, {frames} frames in {elapsed:.1f} s")
+        frames = sum(len(r.tracked_frames) for r in done.values())
+        extra = f", {len(skipped)} skipped" if skipped else ""
+        print(f"done: {len(done)} stacks{extra}, {frames} frames in {elapsed:.1f} s")
+    if failed:
+        print(f"failed: {len(failed)} of {len(checked)} stacks (their outputs were not written):")
+        for stack, message in failed.items():
+            print(f"  {stack}: {message}")
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def _segment_here(args, device, checked: list[CheckedJob], options: SegmentOptions):
+    """Each stack in turn in this process, a frame bar each; one failing stack of several is
+    reported and the next one starts."""
+    model = _load_model(args, device)
+    bars = FrameBars(not args.quiet)
+
+    def start(i: int, job: CheckedJob):
+        if len(checked) > 1:
+            log(f"[{i + 1}/{len(checked)}] {job.job.stack}", args.quiet)
+        return bars.start(i, job)
+
+    def done(result: JobResult) -> None:
+        bars.close()
+        print_summary(result)
+
+    def failed(stack: Path, message: str) -> None:
+        bars.close()
+        log(f"{stack}: failed: {message}")
+
+    try:
+        return run_here(
+            model,
+            checked,
+            options,
+            on_start=start,
+            on_done=done,
+            on_failed=failed,
+            keep_going=len(checked) > 1,
+        )
+    finally:
+        bars.close()
 
 
 def _auto_options(args: argparse.Namespace) -> dict:
@@ -148,19 +198,7 @@ def _load_model(args: argparse.Namespace, device):
     )
 
 
-def _segment_one(model, checked: CheckedJob, options: SegmentOptions, quiet: bool) -> int:
-    """Track one stack into its label file; print its summary; return the frames tracked."""
-    from tqdm.auto import tqdm
-
-    job = checked.job
-    total = frames_in(list(checked.passes))
-    with tqdm(total=total, desc=stack_stem(job.stack), unit="frame", disable=quiet) as bar:
-        result = run_job(model, checked, options, lambda done, _total: bar.update(1))
-    _print_summary(result)
-    return len(result.tracked_frames)
-
-
-def _print_summary(result: JobResult) -> None:
+def print_summary(result: JobResult) -> None:
     tracked, elapsed = result.tracked_frames, result.seconds
     frames = f"{len(tracked)} frames ({tracked[0]}-{tracked[-1]})" if tracked else "0 frames"
     print(

@@ -1,8 +1,9 @@
 """Files in and out, for the command line and batch scripts: stacks read lazily, prompts from CSV,
 label volumes written frame by frame.
 
-- :func:`open_stack`: a TIFF / OME-TIFF, ``.npy`` or zarr stack as frames the tracker reads one at
-  a time (memory-mapped or chunked; nothing is loaded whole).
+- :func:`open_stack`: a TIFF / OME-TIFF, ``.npy``, zarr or OME-Zarr stack as frames the tracker
+  reads one at a time (memory-mapped or chunked; nothing is loaded whole), with its axes and
+  pixel sizes where the file has them (:mod:`napari_sam2.io.ome`).
 - :func:`read_prompts`: clicks and boxes from a CSV file (our columns, or napari's Points export),
   every row checked, errors naming the line.
 - :func:`add_prompts`: give them to a :class:`~napari_sam2.VideoTracker`.
@@ -10,8 +11,8 @@ label volumes written frame by frame.
   become mask prompts on one frame.
 - :func:`check_output`: an output path that is safe to write (never the input, inside it or
   around it), checked before anything runs.
-- :func:`label_output`: a (T, H, W) label TIFF or zarr written in place, which appears under its
-  final name only when complete.
+- :func:`label_output`: a (T, H, W) label TIFF (OME-TIFF pixel sizes), zarr or OME-Zarr labels
+  group written in place, which appears under its final name only when complete.
 
 See docs/cli.md for the file formats.
 """

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..engine.labels import label_dtype_for
 from .errors import InputError
+from .ome import LABEL_NAME, Geometry, tiff_metadata, write_zarr_labels
 from .stacks import TIFF_SUFFIXES
 
 OUTPUT_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
@@ -33,12 +34,12 @@ def check_output(
 ) -> Path:
     """Check, before anything runs, that a label volume can be written at ``path``.
 
-    Refused with :class:`InputError`: a name that is not .tif/.tiff/.zarr; an output that is
-    one of ``inputs``, holds one of them (a zarr group around the input array) or lies inside
-    one; an output that is or holds one of ``read_only`` (files such as a prompts CSV, whose
-    folder may hold outputs); an existing output without ``overwrite``; a folder that does not
-    exist (unless ``folder_exists`` is False: it will be made) or cannot be written. Nothing
-    is created or changed."""
+    Refused with :class:`InputError`: a name that is not .tif/.tiff/.zarr (or .ome.zarr); an
+    output that is one of ``inputs``, holds one of them (a zarr group around the input array) or
+    lies inside one; an output that is or holds one of ``read_only`` (files such as a prompts
+    CSV, whose folder may hold outputs); an existing output without ``overwrite``; a folder that
+    does not exist (unless ``folder_exists`` is False: it will be made) or cannot be written.
+    Nothing is created or changed."""
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"output {path}: the name must end in .tif, .tiff or .zarr")
@@ -59,7 +60,8 @@ def check_output(
     if folder_exists:
         if path.exists() and not overwrite:
             raise InputError(
-                f"output {path} exists; pass --overwrite (overwrite=True) to replace it"
+                f"output {path} exists; pass --overwrite (overwrite=True) to replace it, or "
+                "--resume (resume=True) to keep complete outputs and redo the others"
             )
         check_writable_folder(path.parent, what="output folder")
     return path
@@ -88,10 +90,16 @@ def label_output(
     dtype=np.uint16,
     *,
     overwrite: bool = False,
+    geometry: Geometry | None = None,
 ):
     """A writable (T, H, W) label volume at ``path``: a TIFF (``.tif``/``.tiff``, uncompressed
-    and memory-mapped, so frames go to disk as they are written) or a zarr array (``.zarr``,
-    one chunk per frame).
+    and memory-mapped, so frames go to disk as they are written), a zarr array (``.zarr``, one
+    chunk per frame) or an OME-Zarr labels group (``.ome.zarr``: ``labels`` metadata, the label
+    image ``sam2`` with its ``image-label`` metadata and one level ``0``).
+
+    ``geometry``: the axes and pixel sizes of the volume (those of the image it labels); an
+    OME-Zarr output gets them as its scale, a TIFF as OME-TIFF pixel sizes (where known), so
+    viewers lay the labels over the image.
 
     It is written under a temporary name beside ``path`` and takes the final name only when the
     block ends without error; a previous output at ``path`` is replaced in that last step and
@@ -101,7 +109,9 @@ def label_output(
     tmp = path.with_name(f".{path.name}.partial")
     _remove(tmp)
     try:
-        if path.suffix.lower() == ".zarr":
+        if path.name.lower().endswith(".ome.zarr"):
+            array = _ome_zarr_labels(tmp, shape, dtype, geometry)
+        elif path.suffix.lower() == ".zarr":
             import zarr
 
             array = zarr.open_array(
@@ -110,7 +120,8 @@ def label_output(
         else:
             import tifffile
 
-            array = tifffile.memmap(tmp, shape=shape, dtype=dtype, photometric="minisblack")
+            meta = tiff_metadata(geometry) if geometry is not None else {}
+            array = tifffile.memmap(tmp, shape=shape, dtype=dtype, photometric="minisblack", **meta)
             _reserve(tmp)
         yield array
         if isinstance(array, np.memmap):
@@ -119,6 +130,19 @@ def label_output(
         _replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def _ome_zarr_labels(path: Path, shape, dtype, geometry: Geometry | None):
+    """The label array of a new OME-Zarr labels group at ``path``."""
+    import zarr
+
+    from .ome import unknown
+
+    labels = zarr.open_group(str(path), mode="w")
+    image = labels.create_group(LABEL_NAME)
+    array = image.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype=dtype)
+    write_zarr_labels(labels, geometry or unknown(3, "tyx"))
+    return array
 
 
 def _reserve(path: Path) -> None:

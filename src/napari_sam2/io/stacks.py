@@ -11,6 +11,7 @@ import numpy as np
 
 from ..engine.stack import AxisFrames, StackError, StackGeometry
 from .errors import InputError
+from .ome import Geometry, label_geometry, multiscales, tiff_geometry, unknown, zarr_geometry
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 STACK_SUFFIXES = (*TIFF_SUFFIXES, ".npy", ".zarr")
@@ -41,6 +42,15 @@ class Stack:
     axis: int
     index: int | None
     _closers: list = field(default_factory=list, repr=False)
+    geometry: Geometry | None = None  # axes and pixel sizes of ``shape``, where the file says
+
+    @property
+    def label_geometry(self) -> Geometry:
+        """Axes and pixel sizes of the (T, H, W) label volume (the tracked axis, Y, X)."""
+        geometry = self.geometry or unknown(len(self.shape))
+        n = self.spatial_ndim
+        keep = [n - 2, n - 1] if n == 2 else [self.axis, n - 2, n - 1]
+        return label_geometry(geometry, keep)
 
     @property
     def num_frames(self) -> int:
@@ -81,7 +91,7 @@ def open_stack(
     path = Path(path)
     if not path.exists():
         raise InputError(f"stack not found: {path}")
-    array, axes, closers = _open_array(path)
+    array, axes, closers, named = _open_array(path)
     shape = tuple(int(s) for s in array.shape)
     channels = _channel_count(shape, axes)
     lead = len(shape) - 2 - (channels is not None)
@@ -124,21 +134,22 @@ def open_stack(
     frames = geometry.frames(array)
     if 0 in frames.shape:
         raise InputError(f"{where}: the stack is empty")
-    return Stack(path, frames, shape, axes, axis, index if lead == 2 else None, closers)
+    return Stack(path, frames, shape, axes, axis, index if lead == 2 else None, closers, named)
 
 
 def _open_array(path: Path):
-    """(array, tifffile axes or None, [close functions])."""
+    """(array, axes (upper case, tifffile's names) or None, [close functions], geometry)."""
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
     if suffix == ".npy":
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False), None, []
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return array, None, [], unknown(array.ndim)
         except (ValueError, OSError) as e:
             raise InputError(f"cannot read {path} as a .npy array: {e}") from e
     if path.is_dir():
-        return _open_zarr(path), None, []
+        return _open_zarr(path)
     raise InputError(
         f"{path}: unsupported file type; give a TIFF / OME-TIFF (.tif, .tiff), a .npy file or a "
         "zarr directory"
@@ -151,8 +162,9 @@ def _open_tiff(path: Path):
     try:
         with tifffile.TiffFile(path) as tif:
             axes = tif.series[0].axes
+            geometry = tiff_geometry(tif)
         try:  # uncompressed, contiguous: the operating system pages it in as frames are read
-            return tifffile.memmap(path, mode="r"), axes, []
+            return tifffile.memmap(path, mode="r"), axes, [], geometry
         except ValueError:
             pass
         import zarr
@@ -161,12 +173,14 @@ def _open_tiff(path: Path):
         array = zarr.open(store, mode="r")
         if not hasattr(array, "shape"):  # a pyramid: the full-resolution level
             array = array["0"]
-        return array, axes, [store.close]
+        return array, axes, [store.close], geometry
     except (tifffile.TiffFileError, OSError, ValueError, KeyError) as e:
         raise InputError(f"cannot read {path} as a TIFF stack: {e}") from e
 
 
 def _open_zarr(path: Path):
+    """A zarr array; a group's only array; or an OME-Zarr image's finest level, with its axes
+    and pixel sizes, singleton axes (other than Y, X) dropped and a channel axis moved last."""
     import zarr
 
     try:
@@ -174,13 +188,21 @@ def _open_zarr(path: Path):
     except Exception as e:  # zarr raises several types for "not a zarr store"
         raise InputError(f"cannot open {path} as a zarr array or group: {e}") from e
     if hasattr(node, "shape"):
-        return node
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        return node[multiscales[0]["datasets"][0]["path"]]
+        return node, None, [], unknown(node.ndim)
+    if multiscales(dict(node.attrs)):
+        try:
+            level, geometry = zarr_geometry(node)
+            array = node[level]
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: unreadable OME-Zarr metadata ({e!r})") from e
+        if len(geometry.axes) != array.ndim:
+            geometry = unknown(array.ndim)
+        view = AxesView(array, geometry.axes)
+        return view, view.axes.upper(), [], geometry.subset(view.order)
     arrays = [name for name, _ in node.arrays()]
     if len(arrays) == 1:
-        return node[arrays[0]]
+        array = node[arrays[0]]
+        return array, None, [], unknown(array.ndim)
     raise InputError(
         f"{path} is a zarr group with arrays {arrays or 'none'}: give the path of the array to "
         f"segment, e.g. {path / (arrays[0] if arrays else 'ARRAY')}"
@@ -194,3 +216,35 @@ def _channel_count(shape: tuple[int, ...], axes: str | None) -> int | None:
     if len(shape) >= 3 and shape[-1] <= 4 and min(shape[-3:-1]) > 4:
         return shape[-1]
     return None
+
+
+class AxesView:
+    """A lazy view of an array with axes named ``axes``: axes of size 1 other than Y and X
+    dropped, and a channel axis ``c`` moved last (OME-Zarr keeps it before Z, Y, X). Read by
+    integer keys on the leading axes, as :class:`~napari_sam2.engine.stack.AxisFrames` does."""
+
+    def __init__(self, array, axes: str) -> None:
+        self.array = array
+        keep = [i for i, (a, n) in enumerate(zip(axes, array.shape)) if n > 1 or a in ("y", "x")]
+        if "c" in axes and axes.index("c") in keep[:-1]:
+            c = axes.index("c")
+            keep = [i for i in keep if i != c] + [c]
+        self.order = keep
+        self.axes = "".join(axes[i] for i in keep)
+        self.shape = tuple(int(array.shape[i]) for i in keep)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        if key is Ellipsis:
+            key = ()
+        key = key if isinstance(key, tuple) else (key,)
+        full: list = [0] * self.array.ndim
+        for i in self.order:
+            full[i] = slice(None)
+        for i, k in zip(self.order, key):
+            full[i] = k
+        out = np.asarray(self.array[tuple(full)])
+        remaining = [i for i in range(self.array.ndim) if isinstance(full[i], slice)]
+        wanted = [i for i in self.order[len(key) :] if isinstance(full[i], slice)]
+        return np.transpose(out, [remaining.index(i) for i in wanted])

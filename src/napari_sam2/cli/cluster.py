@@ -1,0 +1,111 @@
+"""``napari-sam2 segment --workers N`` / ``--scheduler ADDRESS``: the checked stacks as one
+Dask task each, on a cluster started here (processes on this machine) or an existing one."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from ..batch import ModelSpec, resolve_checkpoint, run_on_cluster
+from ..io import InputError
+from ..jobs import CheckedJob, JobResult, SegmentOptions
+from .common import log
+
+
+def segment_on_cluster(
+    args: argparse.Namespace, checked: list[CheckedJob], options: SegmentOptions
+):
+    """Run the checked jobs on Dask; print each stack's summary as it finishes. Returns (done,
+    failed) as :func:`napari_sam2.batch.run_on_cluster`."""
+    from tqdm.auto import tqdm
+
+    from .segment import print_summary
+
+    try:
+        from dask.distributed import Client  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "--workers and --scheduler need dask.distributed: pip install 'napari-sam2[dask]'"
+        ) from None
+    # the workers only read the weights: find (or fetch) them here, first
+    path = resolve_checkpoint(
+        args.model, args.checkpoint, cache_dir=args.cache_dir, progress=not args.quiet
+    )
+    spec = ModelSpec(args.model, path, args.image_size, args.device, args.precision, args.compile)
+    with open_client(args) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        threads = sorted({w["nthreads"] for w in workers.values()})
+        log(
+            f"Dask: {len(workers)} workers ({'/'.join(map(str, threads))} threads each) at "
+            f"{client.scheduler.address}; {len(checked)} stacks",
+            args.quiet,
+        )
+        # a local scheduler serves the dashboard only with bokeh installed (else a bare page)
+        link = dashboard_link(client) if args.scheduler is not None or _has_bokeh() else None
+        if link:
+            log(f"Dask dashboard: {link}", args.quiet)
+        with tqdm(total=len(checked), desc="stacks", unit="stack", disable=args.quiet) as bar:
+
+            def done(result: JobResult) -> None:
+                bar.clear()
+                print_summary(result)
+                bar.update(1)
+
+            def failed(stack: Path, message: str) -> None:
+                bar.clear()
+                log(f"{stack}: failed: {message}")
+                bar.update(1)
+
+            return run_on_cluster(client, spec, checked, options, on_done=done, on_failed=failed)
+
+
+@contextlib.contextmanager
+def open_client(args: argparse.Namespace):
+    """A client of the cluster at ``--scheduler``, or of a local cluster of ``--workers``
+    processes that share this machine's cores (closed on exit)."""
+    from dask.distributed import Client, LocalCluster
+
+    if args.scheduler is not None:
+        try:
+            client = Client(args.scheduler, timeout="30s")
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"--scheduler {args.scheduler}: cannot connect ({e})") from None
+        with client:
+            yield client
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with (
+        LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=max(1, (cpus or 1) // args.workers),
+            processes=True,
+            host="127.0.0.1",
+            # ":8787", the usual address, where it is free (Dask takes another if not);
+            # without bokeh only a bare HTTP server: any free port
+            dashboard_address=":8787" if _has_bokeh() else ":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def dashboard_link(client) -> str | None:
+    """The dashboard's address, where the scheduler serves one."""
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        return client.dashboard_link
+    except Exception:
+        return None
+
+
+def _has_bokeh() -> bool:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
