@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -296,3 +299,35 @@ def test_batch_dask_example(client, random_tiny_checkpoint, tmp_path, monkeypatc
     assert "2 stacks on 2 workers" in printed and "s0.tif: 1 objects" in printed
     run_example("batch_dask.py", [*args, "--resume"], monkeypatch)
     assert "s1.tif: already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_a_cluster_run_leaves_no_partial_output(
+    random_tiny_checkpoint, tmp_path, capsys, sig, code
+):
+    """Ctrl+C (or a scheduler's SIGTERM) while workers write: the command stops the cluster
+    and removes what the tasks had begun; a later --resume redoes those stacks."""
+    data = tmp_path / "data"
+    make_stacks(data, n=3, frames=12)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "napari_sam2.cli", "segment", str(data / "*.tif"), "-p", data]
+    argv += ["-o", out, "--workers", "2", "--checkpoint", random_tiny_checkpoint, *FAST]
+    env = {**os.environ, weights.CACHE_ENV: str(tmp_path / "cache")}
+    process = subprocess.Popen([str(a) for a in argv], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and list(out.glob(".*.partial"))):
+        assert process.poll() is None and time.monotonic() < deadline, "no task started"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert "no partial output was kept" in stderr
+    assert not list(out.glob(".*")), list(out.iterdir())
+    complete = sorted(p.name for p in out.iterdir())
+    code, stdout, stderr = run([*argv[3:], "--resume"], capsys)
+    assert code == 0, stderr
+    if complete:
+        assert f"done: {3 - len(complete)} stacks, {len(complete)} skipped" in stdout
+    else:
+        assert "done: 3 stacks" in stdout
+    assert len(labels_of(out)) == 3

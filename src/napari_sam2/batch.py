@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .engine.frames import FrameSourceError
-from .io import InputError, stack_stem
+from .io import InputError, discard_partial, stack_stem
 from .jobs import CheckedJob, JobResult, SegmentJob, SegmentOptions, check_job, plan_jobs, run_job
 
 
@@ -264,8 +264,19 @@ def run_on_cluster(
                 on_done(result)
     except BaseException:  # Ctrl+C, SIGTERM: stop what is queued or running
         client.cancel(list(futures), force=True)
+        discard_partials([job for job in checked if job.job.stack in futures.values()])
         raise
     return done, failed
+
+
+def discard_partials(jobs: Iterable[CheckedJob]) -> None:
+    """Remove the temporary outputs of stopped jobs (a task already running on a worker cannot
+    be interrupted: if it still finishes, its output is complete, or it fails to rename)."""
+    for job in jobs:
+        try:
+            discard_partial(job.job.output)
+        except OSError:
+            pass
 
 
 def describe(error: BaseException) -> str:
@@ -476,6 +487,7 @@ def _with_stack_bar(enabled: bool, total: int, client, spec, checked, options):
 __all__ = [
     "BatchReport",
     "ModelSpec",
+    "discard_partials",
     "output_complete",
     "prepare",
     "resolve_checkpoint",

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..batch import ModelSpec, resolve_checkpoint, run_on_cluster
+from ..batch import ModelSpec, discard_partials, resolve_checkpoint, run_on_cluster
 from ..io import InputError
 from ..jobs import CheckedJob, JobResult, SegmentOptions
 from .common import log
@@ -20,9 +20,6 @@ def segment_on_cluster(
 ):
     """Run the checked jobs on Dask; print each stack's summary as it finishes. Returns (done,
     failed) as :func:`napari_sam2.batch.run_on_cluster`."""
-    from tqdm.auto import tqdm
-
-    from .segment import print_summary
 
     try:
         from dask.distributed import Client  # noqa: F401
@@ -35,11 +32,26 @@ def segment_on_cluster(
         args.model, args.checkpoint, cache_dir=args.cache_dir, progress=not args.quiet
     )
     spec = ModelSpec(args.model, path, args.image_size, args.device, args.precision, args.compile)
+    try:
+        return _run(args, spec, checked, options)
+    except BaseException:
+        # Ctrl+C, SIGTERM: a local cluster's workers are gone now; what their tasks had begun
+        # to write goes too (a complete output has its final name and stays)
+        discard_partials(checked)
+        raise
+
+
+def _run(args, spec: ModelSpec, checked: list[CheckedJob], options: SegmentOptions):
+    from tqdm.auto import tqdm
+
+    from .segment import print_summary
+
     with open_client(args) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         threads = sorted({w["nthreads"] for w in workers.values()})
+        each = "/".join(map(str, threads)) + (" thread" if threads == [1] else " threads")
         log(
-            f"Dask: {len(workers)} workers ({'/'.join(map(str, threads))} threads each) at "
+            f"Dask: {len(workers)} workers ({each} each) at "
             f"{client.scheduler.address}; {len(checked)} stacks",
             args.quiet,
         )

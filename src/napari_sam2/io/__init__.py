@@ -19,7 +19,14 @@ See docs/cli.md for the file formats.
 
 from .errors import InputError, PromptsFileError
 from .label_prompts import LABEL_PROMPT_SUFFIXES, read_label_prompt
-from .outputs import check_output, check_writable_folder, label_counts, label_dtype, label_output
+from .outputs import (
+    check_output,
+    check_writable_folder,
+    discard_partial,
+    label_counts,
+    label_dtype,
+    label_output,
+)
 from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts, write_prompts
 from .stacks import STACK_SUFFIXES, TIFF_SUFFIXES, Stack, open_stack, stack_stem
 
@@ -35,6 +42,7 @@ __all__ = [
     "check_output",
     "check_prompts",
     "check_writable_folder",
+    "discard_partial",
     "label_counts",
     "label_dtype",
     "label_output",

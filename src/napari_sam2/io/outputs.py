@@ -106,7 +106,7 @@ def label_output(
     kept on any error. On any error (Ctrl+C included) the temporary file is removed. A TIFF's
     disk space is reserved up front, so a full disk fails at once as an OSError, not midway."""
     path = check_output(path, overwrite=overwrite)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = partial_path(path)
     _remove(tmp)
     try:
         if path.name.lower().endswith(".ome.zarr"):
@@ -130,6 +130,18 @@ def label_output(
         _replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The temporary name an output at ``path`` is written under until it is complete."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def discard_partial(path: str | os.PathLike) -> None:
+    """Remove what an interrupted writer (a killed process, a cancelled cluster task) left of
+    the output at ``path``; a complete output is not touched."""
+    _remove(partial_path(path))
 
 
 def _ome_zarr_labels(path: Path, shape, dtype, geometry: Geometry | None):
