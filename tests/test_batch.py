@@ -331,3 +331,33 @@ def test_interrupting_a_cluster_run_leaves_no_partial_output(
     else:
         assert "done: 3 stacks" in stdout
     assert len(labels_of(out)) == 3
+
+
+def test_frame_progress_arrives_from_the_workers(client, random_tiny_checkpoint, tmp_path):
+    stacks = make_stacks(tmp_path / "data", n=2, frames=6)
+    options = SegmentOptions(image_size=128)
+    jobs = plan_jobs(stacks, tmp_path / "data", tmp_path / "out", fmt="tif", to_folder=True)
+    checked, _, _ = prepare(jobs, options)
+    (tmp_path / "out").mkdir()
+    spec = ns.batch.ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
+    events = []
+    bars = ns.batch.ClusterBars(checked, enabled=False)
+
+    def on_frames(stack, done, total):
+        events.append((stack, done, total))
+        bars.frames_done(stack, done, total)
+
+    done, failed = run_on_cluster(client, spec, checked, options, on_frames=on_frames)
+    assert sorted(done) == sorted(stacks) and not failed
+    assert {stack for stack, _, _ in events} == set(stacks)  # the first frame is always sent
+    for stack in stacks:
+        mine = [(d, t) for s, d, t in events if s == stack]
+        total = bars.totals[stack]  # visits: every frame forward, frame 0 again backward
+        assert total == len(tifffile.imread(stack)) + 1 and all(
+            t == total and 1 <= d <= total for d, t in mine
+        ), mine
+        assert [d for d, _ in mine] == sorted(d for d, _ in mine)  # in order
+    for stack in stacks:
+        bars.finished(stack)
+    assert sum(bars.seen.values()) == 6 + 7 + 2 and bars.finished_stacks == 2
+    bars.close()

@@ -227,20 +227,25 @@ def run_on_cluster(
     *,
     on_done: Callable[[JobResult], None] | None = None,
     on_failed: Callable[[Path, str], None] | None = None,
+    on_frames: Callable[[Path, int, int], None] | None = None,
     retries: int = 1,
 ) -> tuple[dict[Path, JobResult], dict[Path, str]]:
     """One task per checked job on a Dask ``client``; results as they finish. A task that
     raises is retried ``retries`` times (not one its data refuses: NaN frames fail again), one
     whose worker dies is rescheduled by Dask (up to its ``allowed-failures``); what still
-    fails is recorded."""
+    fails is recorded. ``on_frames(stack, done, total)``: the tasks' progress, sent by the
+    workers as Dask events (about twice a second per task; called on the client's thread)."""
     from dask.distributed import as_completed
 
     token = f"{time.time_ns():x}"
+    topic = f"napari-sam2-frames-{token}" if on_frames is not None else None
+    if topic is not None:
+        client.subscribe_topic(topic, lambda event: _frames_event(event[1], on_frames))
     futures = {}
     for i, job in enumerate(checked):
         key = f"napari-sam2-{i}-{stack_stem(job.job.stack)}-{token}"
         future = client.submit(
-            _run_on_worker, spec, job, options, key=key, pure=False, retries=retries
+            _run_on_worker, spec, job, options, topic, key=key, pure=False, retries=retries
         )
         futures[future] = job.job.stack
     done, failed = {}, {}
@@ -266,7 +271,14 @@ def run_on_cluster(
         client.cancel(list(futures), force=True)
         discard_partials([job for job in checked if job.job.stack in futures.values()])
         raise
+    finally:
+        if topic is not None:
+            client.unsubscribe_topic(topic)
     return done, failed
+
+
+def _frames_event(message: dict, on_frames: Callable[[Path, int, int], None]) -> None:
+    on_frames(Path(message["stack"]), int(message["done"]), int(message["total"]))
 
 
 def discard_partials(jobs: Iterable[CheckedJob]) -> None:
@@ -308,7 +320,7 @@ _model_lock = threading.Lock()
 
 
 def _run_on_worker(
-    spec: ModelSpec, job: CheckedJob, options: SegmentOptions
+    spec: ModelSpec, job: CheckedJob, options: SegmentOptions, topic: str | None = None
 ) -> JobResult | Refused:
     """A task: the worker's model (loaded on its first task, kept), one job, one at a time per
     worker, with the worker's threads for PyTorch."""
@@ -323,10 +335,30 @@ def _run_on_worker(
             _models.clear()  # one model per worker
             _restore_malloc_thresholds()
             model = _models[spec] = spec.load()
+        progress = None if topic is None else _FrameEvents(topic, job.job.stack)
         try:
-            return run_job(model, job, options)
+            return run_job(model, job, options, progress)
         except (InputError, FrameSourceError) as e:
             return Refused(str(e))
+
+
+class _FrameEvents:
+    """A task's frame progress, sent to the client as Dask events: at most every ``interval``
+    seconds, and the last frame always."""
+
+    def __init__(self, topic: str, stack: Path, interval: float = 0.5) -> None:
+        from dask.distributed import get_worker
+
+        self.worker = get_worker()
+        self.topic, self.stack, self.interval = topic, str(stack), interval
+        self.sent = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.sent < self.interval:
+            return
+        self.sent = now
+        self.worker.log_event(self.topic, {"stack": self.stack, "done": done, "total": total})
 
 
 def _restore_malloc_thresholds() -> None:
@@ -420,7 +452,19 @@ def segment_many(
                 bars.close()
         else:
             spec = ModelSpec(model, path, opts.image_size, device, precision)
-            done, failed = _with_stack_bar(progress, len(checked), client, spec, checked, opts)
+            bars = ClusterBars(checked, progress)
+            try:
+                done, failed = run_on_cluster(
+                    client,
+                    spec,
+                    checked,
+                    opts,
+                    on_done=lambda result: bars.finished(result.job.stack),
+                    on_failed=lambda stack, message: bars.finished(stack),
+                    on_frames=bars.frames_done if progress else None,
+                )
+            finally:
+                bars.close()
         report.done.update(done)
         report.failed.update(failed)
     report.seconds = time.perf_counter() - started
@@ -470,22 +514,55 @@ class FrameBars:
             self.bar = None
 
 
-def _with_stack_bar(enabled: bool, total: int, client, spec, checked, options):
-    from tqdm.auto import tqdm
+class ClusterBars:
+    """tqdm bars over the stacks and over all their frames, for tasks running elsewhere (their
+    frame counts arrive as events, from another thread; a rerun task does not count twice)."""
 
-    with tqdm(total=total, desc="stacks", unit="stack", disable=not enabled) as bar:
-        return run_on_cluster(
-            client,
-            spec,
-            checked,
-            options,
-            on_done=lambda result: bar.update(1),
-            on_failed=lambda stack, message: bar.update(1),
+    def __init__(self, checked: list[CheckedJob], enabled: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        from .engine.video import frames_in
+
+        self.totals = {job.job.stack: frames_in(list(job.passes)) for job in checked}
+        self.seen = dict.fromkeys(self.totals, 0)  # frames counted, per stack
+        self.finished_stacks = 0
+        self.lock = threading.Lock()
+        off = not enabled
+        self.stacks = tqdm(total=len(checked), desc="stacks", unit="stack", disable=off)
+        self.frames = tqdm(
+            total=sum(self.totals.values()), desc="frames", unit="frame", disable=off
         )
+
+    def frames_done(self, stack: Path, done: int, total: int = 0) -> None:
+        with self.lock:
+            if stack not in self.totals:
+                return
+            step = min(done, self.totals[stack]) - self.seen[stack]
+            if step > 0:
+                self.seen[stack] += step
+                self.frames.update(step)
+
+    def finished(self, stack: Path) -> None:
+        """A stack done or failed: its frames count as processed."""
+        self.frames_done(stack, self.totals.get(stack, 0))
+        with self.lock:
+            self.finished_stacks += 1
+            self.stacks.update(1)
+
+    def write(self):
+        """A context for printing between the bars' refreshes."""
+        from tqdm.auto import tqdm
+
+        return tqdm.external_write_mode()
+
+    def close(self) -> None:
+        self.frames.close()
+        self.stacks.close()
 
 
 __all__ = [
     "BatchReport",
+    "ClusterBars",
     "ModelSpec",
     "discard_partials",
     "output_complete",

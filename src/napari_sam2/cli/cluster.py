@@ -9,7 +9,13 @@ import logging
 import os
 from pathlib import Path
 
-from ..batch import ModelSpec, discard_partials, resolve_checkpoint, run_on_cluster
+from ..batch import (
+    ClusterBars,
+    ModelSpec,
+    discard_partials,
+    resolve_checkpoint,
+    run_on_cluster,
+)
 from ..io import InputError
 from ..jobs import CheckedJob, JobResult, SegmentOptions
 from .common import log
@@ -42,8 +48,6 @@ def segment_on_cluster(
 
 
 def _run(args, spec: ModelSpec, checked: list[CheckedJob], options: SegmentOptions):
-    from tqdm.auto import tqdm
-
     from .segment import print_summary
 
     with open_client(args) as client:
@@ -59,19 +63,30 @@ def _run(args, spec: ModelSpec, checked: list[CheckedJob], options: SegmentOptio
         link = dashboard_link(client) if args.scheduler is not None or _has_bokeh() else None
         if link:
             log(f"Dask dashboard: {link}", args.quiet)
-        with tqdm(total=len(checked), desc="stacks", unit="stack", disable=args.quiet) as bar:
+        bars = ClusterBars(checked, not args.quiet)
 
-            def done(result: JobResult) -> None:
-                bar.clear()
+        def done(result: JobResult) -> None:
+            with bars.write():
                 print_summary(result)
-                bar.update(1)
+            bars.finished(result.job.stack)
 
-            def failed(stack: Path, message: str) -> None:
-                bar.clear()
+        def failed(stack: Path, message: str) -> None:
+            with bars.write():
                 log(f"{stack}: failed: {message}")
-                bar.update(1)
+            bars.finished(stack)
 
-            return run_on_cluster(client, spec, checked, options, on_done=done, on_failed=failed)
+        try:
+            return run_on_cluster(
+                client,
+                spec,
+                checked,
+                options,
+                on_done=done,
+                on_failed=failed,
+                on_frames=None if args.quiet else bars.frames_done,
+            )
+        finally:
+            bars.close()
 
 
 @contextlib.contextmanager
