@@ -20,7 +20,8 @@ from test_cli import FAST, moving_disc, run
 
 import napari_sam2 as ns
 from napari_sam2 import weights
-from napari_sam2.batch import prepare, run_on_cluster
+from napari_sam2.batch import prepare
+from napari_sam2.dask_tasks import ClusterBars, ModelSpec, run_on_cluster
 from napari_sam2.io import InputError
 from napari_sam2.jobs import SegmentOptions, plan_jobs
 
@@ -89,7 +90,7 @@ def test_cluster_labels_equal_serial_bit_for_bit(client, random_tiny_checkpoint,
     # the stacks differ, so equal outputs are not one result written three times
     assert serial["s0_labels.tif"].shape != serial["s2_labels.tif"].shape
     # both workers' models are cached: a second batch loads nothing (the key is the spec)
-    loaded = client.run(lambda: len(__import__("napari_sam2.batch").batch._models))
+    loaded = client.run(lambda: len(__import__("napari_sam2.dask_tasks").dask_tasks._models))
     assert sum(loaded.values()) >= 1
 
 
@@ -141,7 +142,7 @@ def test_a_read_error_while_running_is_reported_and_the_others_finish(
     # after the checks, the file of one stack goes bad (a disk, a network share)
     data = tifffile.imread(stacks[1])
     stacks[1].write_bytes(b"not a tiff any more")
-    spec = ns.batch.ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
+    spec = ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
     done, failed = run_on_cluster(client, spec, checked, options)
     assert sorted(done) == [stacks[0], stacks[2]]
     assert sorted(failed) == [stacks[1], stacks[3]]
@@ -339,9 +340,9 @@ def test_frame_progress_arrives_from_the_workers(client, random_tiny_checkpoint,
     jobs = plan_jobs(stacks, tmp_path / "data", tmp_path / "out", fmt="tif", to_folder=True)
     checked, _, _ = prepare(jobs, options)
     (tmp_path / "out").mkdir()
-    spec = ns.batch.ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
+    spec = ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
     events = []
-    bars = ns.batch.ClusterBars(checked, enabled=False)
+    bars = ClusterBars(checked, enabled=False)
 
     def on_frames(stack, done, total):
         events.append((stack, done, total))
@@ -361,3 +362,73 @@ def test_frame_progress_arrives_from_the_workers(client, random_tiny_checkpoint,
         bars.finished(stack)
     assert sum(bars.seen.values()) == 6 + 7 + 2 and bars.finished_stacks == 2
     bars.close()
+
+
+# ------------------------------------------------------------------- objects split over tasks
+def discs_with_labels(folder: Path, frames: int = 4) -> tuple[Path, Path]:
+    """A stack of five drifting discs, close enough for their masks to overlap, and the
+    label image of frame 0 (ids out of order of size: 300, 4, 9, 12, 70)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rr, cc = np.mgrid[:64, :80]
+    data = np.full((frames, 64, 80), 300, np.uint16)
+    labels = np.zeros((64, 80), np.uint16)
+    centres = [(16, 16), (18, 34), (40, 20), (44, 44), (24, 62)]
+    for i, ((r, c), obj) in enumerate(zip(centres, (300, 4, 9, 12, 70))):
+        for t in range(frames):
+            data[t][(rr - r - t) ** 2 + (cc - c) ** 2 < 9**2] = 2000 + 400 * i
+        labels[(rr - r) ** 2 + (cc - c) ** 2 < 8**2] = obj
+    tifffile.imwrite(folder / "many.tif", data, photometric="minisblack")
+    tifffile.imwrite(folder / "many_seg.tif", labels)
+    return folder / "many.tif", folder / "many_seg.tif"
+
+
+def test_objects_split_over_tasks_merge_into_the_same_labels(
+    client, random_tiny_checkpoint, tmp_path
+):
+    from distributed import get_task_stream
+
+    stack, seg = discs_with_labels(tmp_path / "data")
+    common = dict(prompts=seg, checkpoint=random_tiny_checkpoint, prompt_frame=0, **SIZE)
+    one = ns.segment_many([stack], out_dir=tmp_path / "one", **common)
+    with get_task_stream(client) as tasks:
+        split = ns.segment_many(
+            [stack], out_dir=tmp_path / "split", client=client, objects_per_task=2, **common
+        )
+    assert one.ok and split.ok, (one.failed, split.failed)
+    keys = [str(t["key"]) for t in tasks.data]
+    for part in ("-0.0-", "-0.1-", "-0.2-", "-0m-"):  # three groups of 2, 2, 1 and the merge
+        assert any(part in key for key in keys), keys
+    expected = tifffile.imread(tmp_path / "one" / "many_labels.tif")
+    got = tifffile.imread(tmp_path / "split" / "many_labels.tif")
+    assert set(np.unique(expected)) == {0, 4, 9, 12, 70, 300}
+    np.testing.assert_array_equal(got, expected)
+    assert split.done[stack].counts == one.done[stack].counts
+    assert split.done[stack].obj_ids == one.done[stack].obj_ids == [4, 9, 12, 70, 300]
+    assert not list((tmp_path / "split").glob(".*"))  # no pieces left
+
+
+def test_automatic_segmentation_split_over_tasks(client, random_tiny_checkpoint, tmp_path, capsys):
+    from distributed import get_task_stream
+
+    stack, _ = discs_with_labels(tmp_path / "data")
+    # random weights predict low IoUs: open the filters so that masks survive
+    argv = ["segment", stack, "--auto", 1, "--points-per-side", 8, "--pred-iou-thresh", 0]
+    argv += ["--stability-score-thresh", 0, "--checkpoint", random_tiny_checkpoint, *FAST]
+    code, stdout, stderr = run([*argv, "-o", tmp_path / "one.tif"], capsys)
+    assert code == 0, stderr
+    found = int(stdout.split(" objects")[0].split()[-1])
+    assert found >= 2, stdout
+    argv += ["--scheduler", client.scheduler.address, "--objects-per-task", 1]
+    with get_task_stream(client) as tasks:
+        code, stdout, stderr = run([*argv, "-o", tmp_path / "split.tif"], capsys)
+    assert code == 0, stderr
+    assert f"{found} objects" in stdout
+    keys = [str(t["key"]) for t in tasks.data]
+    for part in ("-0a-", "-0.0-", "-0.1-", "-0m-"):  # find the objects, one task each, merge
+        assert any(part in key for key in keys), keys
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "split.tif"), tifffile.imread(tmp_path / "one.tif")
+    )
+    # only with a cluster
+    code, _, stderr = run([*argv[:-4], "--objects-per-task", 2, "-o", tmp_path / "x.tif"], capsys)
+    assert code == 2 and "--workers" in stderr

@@ -16,8 +16,10 @@ fails its checks, or fails while it runs (a read error, a worker out of memory, 
 twice), is recorded in the report and never stops the others. Each stack is the same
 :func:`napari_sam2.jobs.run_job` the serial command line runs, so the labels are identical.
 
-On a cluster, the model is loaded once per worker process and kept there (keyed by its name,
-checkpoint, size, device and precision), never shipped with the tasks; the checkpoint is resolved
+On a cluster (:mod:`napari_sam2.dask_tasks`), the model is loaded once per worker process and
+kept there (keyed by its name, checkpoint, size, device and precision), never shipped with the
+tasks; a stack with very many objects may be split into tasks of a few objects each
+(``objects_per_task``, :mod:`napari_sam2.object_tasks`). The checkpoint is resolved
 (and, if allowed, downloaded) here, before any task starts: workers only read it, so it must lie
 on storage they all see. Tasks on one worker run one at a time, each with as many PyTorch threads
 as the worker has Dask threads (``cores / processes`` of a dask-jobqueue cluster).
@@ -29,14 +31,11 @@ whose output exists (and has the right shape) and redoes the rest.
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .engine.frames import FrameSourceError
 from .io import InputError, discard_partial, stack_stem
 from .jobs import CheckedJob, JobResult, SegmentJob, SegmentOptions, check_job, plan_jobs, run_job
 
@@ -62,37 +61,6 @@ class BatchReport:
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         return f"{', '.join(parts)} in {self.seconds:.1f} s"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a worker needs to load the model itself: a checkpoint path it can read."""
-
-    name: str
-    checkpoint: str
-    image_size: int = 1024
-    device: str | None = None
-    precision: str = "fp32"
-    compile: bool = False
-
-    def load(self):
-        from .model.checkpoint import load_model
-
-        if not Path(self.checkpoint).is_file():
-            import socket
-
-            raise FileNotFoundError(
-                f"checkpoint {self.checkpoint} not found on {socket.gethostname()}: put the "
-                "weights on storage every worker sees (--cache-dir or --checkpoint)"
-            )
-        return load_model(
-            self.name,
-            self.checkpoint,
-            self.device,
-            image_size=self.image_size,
-            precision=self.precision,
-            compile=self.compile,
-        )
 
 
 def resolve_checkpoint(
@@ -219,68 +187,6 @@ def run_here(
     return done, failed
 
 
-def run_on_cluster(
-    client,
-    spec: ModelSpec,
-    checked: list[CheckedJob],
-    options: SegmentOptions,
-    *,
-    on_done: Callable[[JobResult], None] | None = None,
-    on_failed: Callable[[Path, str], None] | None = None,
-    on_frames: Callable[[Path, int, int], None] | None = None,
-    retries: int = 1,
-) -> tuple[dict[Path, JobResult], dict[Path, str]]:
-    """One task per checked job on a Dask ``client``; results as they finish. A task that
-    raises is retried ``retries`` times (not one its data refuses: NaN frames fail again), one
-    whose worker dies is rescheduled by Dask (up to its ``allowed-failures``); what still
-    fails is recorded. ``on_frames(stack, done, total)``: the tasks' progress, sent by the
-    workers as Dask events (about twice a second per task; called on the client's thread)."""
-    from dask.distributed import as_completed
-
-    token = f"{time.time_ns():x}"
-    topic = f"napari-sam2-frames-{token}" if on_frames is not None else None
-    if topic is not None:
-        client.subscribe_topic(topic, lambda event: _frames_event(event[1], on_frames))
-    futures = {}
-    for i, job in enumerate(checked):
-        key = f"napari-sam2-{i}-{stack_stem(job.job.stack)}-{token}"
-        future = client.submit(
-            _run_on_worker, spec, job, options, topic, key=key, pure=False, retries=retries
-        )
-        futures[future] = job.job.stack
-    done, failed = {}, {}
-    try:
-        for future in as_completed(futures):
-            stack = futures.pop(future)
-            try:
-                result = future.result()
-                if isinstance(result, Refused):
-                    raise InputError(result.message)
-            except Exception as e:
-                failed[stack] = describe(e)
-                if on_failed is not None:
-                    on_failed(stack, failed[stack])
-                continue
-            finally:
-                # forget it now: a finished stack whose worker dies later is not rerun
-                future.release()
-            done[stack] = result
-            if on_done is not None:
-                on_done(result)
-    except BaseException:  # Ctrl+C, SIGTERM: stop what is queued or running
-        client.cancel(list(futures), force=True)
-        discard_partials([job for job in checked if job.job.stack in futures.values()])
-        raise
-    finally:
-        if topic is not None:
-            client.unsubscribe_topic(topic)
-    return done, failed
-
-
-def _frames_event(message: dict, on_frames: Callable[[Path, int, int], None]) -> None:
-    on_frames(Path(message["stack"]), int(message["done"]), int(message["total"]))
-
-
 def discard_partials(jobs: Iterable[CheckedJob]) -> None:
     """Remove the temporary outputs of stopped jobs (a task already running on a worker cannot
     be interrupted: if it still finishes, its output is complete, or it fails to rename)."""
@@ -307,91 +213,6 @@ def describe(error: BaseException) -> str:
     return f"{name}: {error}"
 
 
-@dataclass(frozen=True)
-class Refused:
-    """A task's answer for a stack its data refuses while running (a NaN frame found midway):
-    returned, not raised, so that Dask does not retry what would fail again."""
-
-    message: str
-
-
-_models: dict[ModelSpec, object] = {}
-_model_lock = threading.Lock()
-
-
-def _run_on_worker(
-    spec: ModelSpec, job: CheckedJob, options: SegmentOptions, topic: str | None = None
-) -> JobResult | Refused:
-    """A task: the worker's model (loaded on its first task, kept), one job, one at a time per
-    worker, with the worker's threads for PyTorch."""
-    import torch
-
-    with _model_lock:
-        threads = _worker_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        model = _models.get(spec)
-        if model is None:
-            _models.clear()  # one model per worker
-            _restore_malloc_thresholds()
-            model = _models[spec] = spec.load()
-        progress = None if topic is None else _FrameEvents(topic, job.job.stack)
-        try:
-            return run_job(model, job, options, progress)
-        except (InputError, FrameSourceError) as e:
-            return Refused(str(e))
-
-
-class _FrameEvents:
-    """A task's frame progress, sent to the client as Dask events: at most every ``interval``
-    seconds, and the last frame always."""
-
-    def __init__(self, topic: str, stack: Path, interval: float = 0.5) -> None:
-        from dask.distributed import get_worker
-
-        self.worker = get_worker()
-        self.topic, self.stack, self.interval = topic, str(stack), interval
-        self.sent = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.sent < self.interval:
-            return
-        self.sent = now
-        self.worker.log_event(self.topic, {"stack": self.stack, "done": done, "total": total})
-
-
-def _restore_malloc_thresholds() -> None:
-    """Undo, in this worker process, what Dask's nanny does to glibc's allocator.
-
-    The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand freed memory back to
-    the OS at once). Setting it also fixes glibc's mmap threshold at 128 KiB, so every tensor
-    above that is a fresh mmap, page-faulted in and unmapped again: tracking runs 1.6x slower
-    (measured: 5.4 s against 3.4 s per stack of 6 frames at input 512 on 2 cores). A 32 MiB
-    mmap threshold and a 256 MiB trim threshold give the default speed back; memory is still
-    returned, in larger steps."""
-    if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl): nothing to undo
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_trim_threshold, 256 * 2**20)
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)
-
-
-def _worker_threads() -> int | None:
-    try:
-        from dask.distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):
-        return None
-
-
 # ------------------------------------------------------------------------------ the front door
 def segment_many(
     stacks: Iterable[str | os.PathLike | SegmentJob],
@@ -409,6 +230,7 @@ def segment_many(
     resume: bool = False,
     strict: bool = False,
     progress: bool = True,
+    objects_per_task: int | None = None,
     **options,
 ) -> BatchReport:
     """Segment and track many stacks, here (``client=None``) or on a Dask cluster.
@@ -423,6 +245,9 @@ def segment_many(
         included); without it an existing output is an error (or pass ``overwrite=True``).
     strict: a stack that fails its checks stops everything before it starts (as the command
         line does); by default it is reported in ``failed`` and the others run.
+    objects_per_task: on a cluster, split a stack with more objects than this (all prompted
+        on one frame: a label image, ``auto_frame``) into tasks of this many objects, merged
+        into the same labels (:mod:`napari_sam2.object_tasks`).
     options: fields of :class:`~napari_sam2.jobs.SegmentOptions` (direction, start, stop,
         image_size, channel, overwrite, auto_frame, ...).
     """
@@ -451,6 +276,8 @@ def segment_many(
             finally:
                 bars.close()
         else:
+            from .dask_tasks import ClusterBars, ModelSpec, run_on_cluster
+
             spec = ModelSpec(model, path, opts.image_size, device, precision)
             bars = ClusterBars(checked, progress)
             try:
@@ -462,6 +289,7 @@ def segment_many(
                     on_done=lambda result: bars.finished(result.job.stack),
                     on_failed=lambda stack, message: bars.finished(stack),
                     on_frames=bars.frames_done if progress else None,
+                    objects_per_task=objects_per_task,
                 )
             finally:
                 bars.close()
@@ -514,61 +342,13 @@ class FrameBars:
             self.bar = None
 
 
-class ClusterBars:
-    """tqdm bars over the stacks and over all their frames, for tasks running elsewhere (their
-    frame counts arrive as events, from another thread; a rerun task does not count twice)."""
-
-    def __init__(self, checked: list[CheckedJob], enabled: bool = True) -> None:
-        from tqdm.auto import tqdm
-
-        from .engine.video import frames_in
-
-        self.totals = {job.job.stack: frames_in(list(job.passes)) for job in checked}
-        self.seen = dict.fromkeys(self.totals, 0)  # frames counted, per stack
-        self.finished_stacks = 0
-        self.lock = threading.Lock()
-        off = not enabled
-        self.stacks = tqdm(total=len(checked), desc="stacks", unit="stack", disable=off)
-        self.frames = tqdm(
-            total=sum(self.totals.values()), desc="frames", unit="frame", disable=off
-        )
-
-    def frames_done(self, stack: Path, done: int, total: int = 0) -> None:
-        with self.lock:
-            if stack not in self.totals:
-                return
-            step = min(done, self.totals[stack]) - self.seen[stack]
-            if step > 0:
-                self.seen[stack] += step
-                self.frames.update(step)
-
-    def finished(self, stack: Path) -> None:
-        """A stack done or failed: its frames count as processed."""
-        self.frames_done(stack, self.totals.get(stack, 0))
-        with self.lock:
-            self.finished_stacks += 1
-            self.stacks.update(1)
-
-    def write(self):
-        """A context for printing between the bars' refreshes."""
-        from tqdm.auto import tqdm
-
-        return tqdm.external_write_mode()
-
-    def close(self) -> None:
-        self.frames.close()
-        self.stacks.close()
-
-
 __all__ = [
     "BatchReport",
-    "ClusterBars",
-    "ModelSpec",
+    "describe",
     "discard_partials",
     "output_complete",
     "prepare",
     "resolve_checkpoint",
     "run_here",
-    "run_on_cluster",
     "segment_many",
 ]

@@ -111,6 +111,20 @@ class CheckedJob:
         return sorted({p.obj_id for p in self.prompts})
 
     @property
+    def object_order(self) -> list[int]:
+        """The object ids in the order a tracker takes them (that of their first prompt)."""
+        if self.label_prompt is not None:
+            return self.obj_ids
+        return list(dict.fromkeys(p.obj_id for p in self.prompts))
+
+    @property
+    def prompt_frames(self) -> set[int]:
+        """The frames that hold prompts (a label image's, or the automatic segmentation's)."""
+        if self.prompts:
+            return {p.frame for p in self.prompts}
+        return {self.prompt_frame}
+
+    @property
     def tracked_frames(self) -> list[int]:
         frames = {f for a, b, _ in self.passes for f in range(min(a, b), max(a, b) + 1)}
         return sorted(frames)
@@ -287,31 +301,12 @@ def run_job(
     started = time.perf_counter()
     job = checked.job
     with tracking(model, job.stack, options, job.embeddings, checked.window) as (stack, tracker):
-        dropped = ()
-        if checked.prompts:
-            add_prompts(tracker, checked.prompts, job.prompts)
-        else:
-            labels = checked.label_prompt
-            if labels is None:
-                labels = segment_everything(model, stack, checked, options)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the dropped ids are in the result instead
-                dropped = tracker.add_labels(checked.prompt_frame, labels).dropped
-            if not tracker.obj_ids:
-                raise InputError(
-                    f"{job.prompts}: every object is too small for the model's input size "
-                    f"({options.image_size}); use a larger --image-size"
-                )
+        dropped = prompt_tracker(model, stack, tracker, checked, options)
+        if not tracker.obj_ids:
+            raise nothing_to_track(checked, options)
         obj_ids = sorted(tracker.obj_ids)
         total = frames_in(list(checked.passes))
-        dtype = label_dtype_for(max(obj_ids))
-        with label_output(
-            job.output,
-            checked.label_shape,
-            dtype,
-            overwrite=options.overwrite,
-            geometry=checked.geometry,
-        ) as labels:
+        with job_output(checked, options, obj_ids) as labels:
             track_to_labels(
                 tracker,
                 labels,
@@ -330,6 +325,46 @@ def run_job(
         time.perf_counter() - started,
         tuple(dropped),
     )
+
+
+def nothing_to_track(checked: CheckedJob, options: SegmentOptions) -> InputError:
+    """The error of a job whose every object the model's input size loses."""
+    return InputError(
+        f"{checked.job.prompts}: every object is too small for the model's input size "
+        f"({options.image_size}); use a larger --image-size"
+    )
+
+
+def job_output(checked: CheckedJob, options: SegmentOptions, obj_ids):
+    """The job's label volume (a context: :func:`~napari_sam2.io.label_output`), of the dtype
+    that ``obj_ids`` need, with the stack's geometry."""
+    return label_output(
+        checked.job.output,
+        checked.label_shape,
+        label_dtype_for(max(obj_ids)),
+        overwrite=options.overwrite,
+        geometry=checked.geometry,
+    )
+
+
+def prompt_tracker(
+    model, stack, tracker, checked: CheckedJob, options: SegmentOptions, obj_ids=None
+):
+    """Give the job's prompts to ``tracker`` (only those of ``obj_ids`` when given): its clicks
+    and boxes, its label image, or what SAM 2 finds on its frame. Returns the ids of a label
+    image too small for the model's input."""
+    if checked.prompts:
+        prompts = checked.prompts
+        if obj_ids is not None:
+            prompts = tuple(p for p in prompts if p.obj_id in set(obj_ids))
+        add_prompts(tracker, prompts, checked.job.prompts)
+        return ()
+    labels = checked.label_prompt
+    if labels is None:
+        labels = segment_everything(model, stack, checked, options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropped ids are in the result instead
+        return tuple(tracker.add_labels(checked.prompt_frame, labels, obj_ids=obj_ids).dropped)
 
 
 def segment_everything(model, stack, checked: CheckedJob, options: SegmentOptions) -> np.ndarray:

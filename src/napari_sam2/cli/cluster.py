@@ -9,13 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..batch import (
-    ClusterBars,
-    ModelSpec,
-    discard_partials,
-    resolve_checkpoint,
-    run_on_cluster,
-)
+from ..batch import discard_partials, resolve_checkpoint
+from ..dask_tasks import ClusterBars, ModelSpec, run_on_cluster
 from ..io import InputError
 from ..jobs import CheckedJob, JobResult, SegmentOptions
 from .common import log
@@ -84,6 +79,7 @@ def _run(args, spec: ModelSpec, checked: list[CheckedJob], options: SegmentOptio
                 on_done=done,
                 on_failed=failed,
                 on_frames=None if args.quiet else bars.frames_done,
+                objects_per_task=args.objects_per_task,
             )
         finally:
             bars.close()

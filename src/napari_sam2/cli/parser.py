@@ -220,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stacks and outputs on storage every worker sees)",
     )
     seg.add_argument(
+        "--objects-per-task",
+        type=_positive,
+        metavar="N",
+        help="with --workers/--scheduler: split a stack with more than N objects, all prompted "
+        "on one frame (a label image, --auto), into tasks of N objects each, merged into the "
+        "same labels",
+    )
+    seg.add_argument(
         "--spill-dir",
         metavar="DIR",
         help="where tracking memory of old frames (and temporary embeddings) are kept on disk",

@@ -49,6 +49,11 @@ def segment(args: argparse.Namespace) -> int:
             "--overwrite and --resume contradict each other: --overwrite redoes every stack, "
             "--resume keeps the complete outputs; give one"
         )
+    if args.objects_per_task is not None and args.workers is None and args.scheduler is None:
+        raise InputError(
+            "--objects-per-task splits stacks between the workers of a cluster: add --workers N "
+            "or --scheduler ADDRESS"
+        )
     if (args.prompts is None) == (args.auto is None):
         raise InputError(
             "give either --prompts (clicks, boxes or a label image) or --auto FRAME (segment "

@@ -22,6 +22,12 @@ def resolve_overlaps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _resolve_chunks(chunks, shape) -> tuple[np.ndarray, np.ndarray]:
     """:func:`resolve_overlaps` over (first index, (n, H, W) logits) chunks, holding one chunk
     at a time: a running maximum, where a later chunk wins only when strictly higher."""
+    winner, best = _resolve_values(chunks, shape)
+    return winner, best > 0
+
+
+def _resolve_values(chunks, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(winner index, its logit) per pixel, over (first index, (n, H, W) logits) chunks."""
     best = np.full(shape, -np.inf, dtype=np.float32)
     winner = np.zeros(shape, dtype=np.int64)
     for start, logits in chunks:
@@ -30,7 +36,7 @@ def _resolve_chunks(chunks, shape) -> tuple[np.ndarray, np.ndarray]:
         better = value > best
         winner[better] = index[better] + start
         best[better] = value[better]
-    return winner, best > 0
+    return winner, best
 
 
 def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
@@ -40,13 +46,39 @@ def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
         raise ValueError(
             f"frame {result.frame}: labels are {current.shape}, results {result.shape}"
         )
-    ids = np.asarray(result.obj_ids, dtype=current.dtype)
-    new = np.zeros_like(current)
-    if len(ids):
-        winner, foreground = _resolve_chunks(result.chunks(), current.shape)
-        new = np.where(foreground, ids[winner], 0).astype(current.dtype)
-    owned = (current == 0) | np.isin(current, ids)
+    new, _ = resolve_frame(result, current.dtype)
+    owned = (current == 0) | np.isin(current, np.asarray(result.obj_ids, dtype=current.dtype))
     return np.where(owned, new, current)
+
+
+def resolve_frame(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The (H, W) labels of ``result`` alone, and the winning logit of each labelled pixel
+    (float32, 0 on background): what :func:`merge_resolved` needs to combine the results of
+    disjoint groups of objects exactly as one result of all of them would be written."""
+    labels = np.zeros(result.shape, dtype=dtype)
+    best = np.zeros(result.shape, dtype=np.float32)
+    if result.obj_ids:
+        winner, value = _resolve_values(result.chunks(), result.shape)
+        foreground = value > 0
+        ids = np.asarray(result.obj_ids, dtype=dtype)
+        labels[foreground] = ids[winner[foreground]]
+        best[foreground] = value[foreground]
+    return labels, best
+
+
+def merge_resolved(parts) -> np.ndarray:
+    """One (H, W) label frame from the :func:`resolve_frame` output of disjoint groups of
+    objects, given in the order of one result's objects: the highest logit wins, ties go to
+    the earlier group, as :func:`resolve_overlaps` over all objects at once decides."""
+    labels = best = None
+    for part_labels, part_best in parts:
+        if labels is None:
+            labels, best = part_labels.copy(), part_best.copy()
+            continue
+        better = part_best > best
+        labels[better] = part_labels[better]
+        best[better] = part_best[better]
+    return labels
 
 
 class LabelError(ValueError):

@@ -26,6 +26,7 @@ from .outputs import (
     label_counts,
     label_dtype,
     label_output,
+    pieces_folder,
 )
 from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts, write_prompts
 from .stacks import STACK_SUFFIXES, TIFF_SUFFIXES, Stack, open_stack, stack_stem
@@ -47,6 +48,7 @@ __all__ = [
     "label_dtype",
     "label_output",
     "open_stack",
+    "pieces_folder",
     "read_label_prompt",
     "read_prompts",
     "stack_stem",

@@ -138,10 +138,18 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def pieces_folder(path: str | os.PathLike) -> Path:
+    """The folder beside an output at ``path`` where tasks put the pieces it is assembled
+    from (the object groups of one stack tracked on several workers)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.objects")
+
+
 def discard_partial(path: str | os.PathLike) -> None:
     """Remove what an interrupted writer (a killed process, a cancelled cluster task) left of
-    the output at ``path``; a complete output is not touched."""
+    the output at ``path``: its temporary file and its pieces; a complete output stays."""
     _remove(partial_path(path))
+    _remove(pieces_folder(path))
 
 
 def _ome_zarr_labels(path: Path, shape, dtype, geometry: Geometry | None):
