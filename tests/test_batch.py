@@ -405,6 +405,8 @@ def test_objects_split_over_tasks_merge_into_the_same_labels(
     assert split.done[stack].counts == one.done[stack].counts
     assert split.done[stack].obj_ids == one.done[stack].obj_ids == [4, 9, 12, 70, 300]
     assert not list((tmp_path / "split").glob(".*"))  # no pieces left
+    with pytest.raises(InputError, match="client"):  # splitting needs a cluster
+        ns.segment_many([stack], out_dir=tmp_path / "here", objects_per_task=2, **common)
 
 
 def test_automatic_segmentation_split_over_tasks(client, random_tiny_checkpoint, tmp_path, capsys):

@@ -252,6 +252,10 @@ def segment_many(
         image_size, channel, overwrite, auto_frame, ...).
     """
     started = time.perf_counter()
+    if objects_per_task is not None and client is None:
+        raise InputError(
+            "objects_per_task splits stacks between the workers of a cluster: pass client= too"
+        )
     opts = SegmentOptions(**{"model": model, **options})
     if resume:
         opts = replace(opts, overwrite=True)  # what is redone replaces partial or stale output
