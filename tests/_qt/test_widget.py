@@ -88,9 +88,18 @@ def test_cancel_leaves_a_consistent_partial_result_and_propagate_continues(flow,
     click(qtbot, widget, 0, 15, 20)
     widget.direction.value = "forward"
     seen = []
+    show_frame = widget._show_frame
+
+    def cancel_at_once(result):  # hooked in before the worker starts, so no slice slips past
+        show_frame(result)
+        seen.append(result.frame)
+        widget.cancel()
+
+    widget._show_frame = cancel_at_once
     widget.propagate()
-    widget.propagation_worker.yielded.connect(lambda r: (seen.append(r.frame), widget.cancel()))
     wait(qtbot, widget)
+    widget._show_frame = show_frame
+    assert seen and seen[0] == 0
     labels = widget.labels_layer.data
     done = [t for t in range(6) if (labels[t] == 1).any()]
     assert done == list(range(len(done))) and len(done) < 6  # a prefix of the stack
