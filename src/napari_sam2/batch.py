@@ -126,7 +126,7 @@ def output_complete(job: SegmentJob, options: SegmentOptions) -> bool:
     final name only when complete, so one that is there and readable is done)."""
     if not job.output.exists():
         return False
-    from .io import open_stack
+    from .io import open_stack, output_shape
 
     try:
         stack = open_stack(job.stack, axis=options.axis, index=options.index)
@@ -134,25 +134,9 @@ def output_complete(job: SegmentJob, options: SegmentOptions) -> bool:
             expected = stack.label_shape
         finally:
             stack.close()
-        return tuple(_output_shape(job.output)) == tuple(expected)
+        return output_shape(job.output) == tuple(expected)
     except Exception:  # unreadable: redo it
         return False
-
-
-def _output_shape(path: Path):
-    if path.suffix.lower() == ".zarr":
-        import zarr
-
-        node = zarr.open(str(path), mode="r")
-        if not hasattr(node, "shape"):
-            from .io.ome import LABEL_NAME
-
-            node = node[f"{LABEL_NAME}/0"]
-        return node.shape
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        return tif.series[0].shape
 
 
 # ---------------------------------------------------------------------------------- running

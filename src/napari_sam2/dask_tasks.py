@@ -87,42 +87,32 @@ def run_on_cluster(
     pending: dict = {}  # future -> (what it gives: "stack" or "objects", its job)
     finished = as_completed()
 
-    def submit(fn, *args, what: str, job: CheckedJob, name: str):
+    def task(name: str, job: CheckedJob, fn, *args):
         key = f"napari-sam2-{name}-{stack_stem(job.job.stack)}-{token}"
-        future = client.submit(fn, *args, key=key, pure=False, retries=retries)
+        return client.submit(fn, *args, key=key, pure=False, retries=retries)
+
+    def watch(future, what: str, job: CheckedJob) -> None:
         pending[future] = (what, job)
         finished.add(future)
 
-    def submit_groups(i: int, job: CheckedJob) -> None:
+    def submit_stack(i: int, job: CheckedJob) -> None:
+        """The job's task, or its groups' tasks and the merge (which is watched)."""
+        if not object_tasks.splittable(job, objects_per_task):
+            watch(task(str(i), job, _run_on_worker, spec, job, options, topic), "stack", job)
+            return
         discard_partial(job.job.output)  # pieces of an earlier, interrupted run
         groups = object_tasks.groups(job, objects_per_task)
-        results = []
-        for k, ids in enumerate(groups):
-            key = f"napari-sam2-{i}.{k}-{stack_stem(job.job.stack)}-{token}"
-            results.append(
-                client.submit(
-                    _group_on_worker,
-                    spec,
-                    job,
-                    options,
-                    ids,
-                    k,
-                    len(groups),
-                    topic,
-                    key=key,
-                    pure=False,
-                    retries=retries,
-                )
-            )
-        submit(_merge_on_worker, job, options, *results, what="stack", job=job, name=f"{i}m")
+        results = [
+            task(f"{i}.{k}", job, _group_on_worker, spec, job, options, ids, k, len(groups), topic)
+            for k, ids in enumerate(groups)
+        ]
+        watch(task(f"{i}m", job, _merge_on_worker, job, options, *results), "stack", job)
 
     for i, job in enumerate(checked):
-        if not object_tasks.splittable(job, objects_per_task):
-            submit(_run_on_worker, spec, job, options, topic, what="stack", job=job, name=str(i))
-        elif job.label_prompt is None and not job.prompts:
-            submit(_automatic_on_worker, spec, job, options, what="objects", job=job, name=f"{i}a")
+        if job.automatic and object_tasks.splittable(job, objects_per_task):
+            watch(task(f"{i}a", job, _automatic_on_worker, spec, job, options), "objects", job)
         else:
-            submit_groups(i, job)
+            submit_stack(i, job)
     index = {id(job): i for i, job in enumerate(checked)}
     done, failed = {}, {}
     try:
@@ -143,13 +133,7 @@ def run_on_cluster(
                 # forget it now: a finished stack whose worker dies later is not rerun
                 future.release()
             if what == "objects":  # automatic segmentation found them: now track them
-                found = replace(job, label_prompt=result)
-                i = index[id(job)]
-                if len(found.obj_ids) > objects_per_task:
-                    submit_groups(i, found)
-                else:
-                    args = (spec, found, options, topic)
-                    submit(_run_on_worker, *args, what="stack", job=found, name=str(i))
+                submit_stack(index[id(job)], replace(job, label_prompt=result))
                 continue
             done[stack] = result
             if on_done is not None:

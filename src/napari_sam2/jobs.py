@@ -111,6 +111,11 @@ class CheckedJob:
         return sorted({p.obj_id for p in self.prompts})
 
     @property
+    def automatic(self) -> bool:
+        """Whether the objects are what SAM 2 finds on ``prompt_frame`` (not known yet)."""
+        return self.label_prompt is None and not self.prompts
+
+    @property
     def object_order(self) -> list[int]:
         """The object ids in the order a tracker takes them (that of their first prompt)."""
         if self.label_prompt is not None:

@@ -63,8 +63,7 @@ def splittable(checked: CheckedJob, objects_per_task: int | None) -> bool:
         return False
     if len(checked.prompt_frames) != 1:
         return False
-    automatic = checked.label_prompt is None and not checked.prompts
-    return automatic or len(checked.obj_ids) > objects_per_task
+    return checked.automatic or len(checked.obj_ids) > objects_per_task
 
 
 def groups(checked: CheckedJob, objects_per_task: int) -> list[tuple[int, ...]]:

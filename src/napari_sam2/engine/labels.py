@@ -46,7 +46,7 @@ def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
         raise ValueError(
             f"frame {result.frame}: labels are {current.shape}, results {result.shape}"
         )
-    new, _ = resolve_frame(result, current.dtype)
+    new, _ = _labels_of(result, current.dtype)
     owned = (current == 0) | np.isin(current, np.asarray(result.obj_ids, dtype=current.dtype))
     return np.where(owned, new, current)
 
@@ -55,15 +55,18 @@ def resolve_frame(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The (H, W) labels of ``result`` alone, and the winning logit of each labelled pixel
     (float32, 0 on background): what :func:`merge_resolved` needs to combine the results of
     disjoint groups of objects exactly as one result of all of them would be written."""
-    labels = np.zeros(result.shape, dtype=dtype)
-    best = np.zeros(result.shape, dtype=np.float32)
-    if result.obj_ids:
-        winner, value = _resolve_values(result.chunks(), result.shape)
-        foreground = value > 0
-        ids = np.asarray(result.obj_ids, dtype=dtype)
-        labels[foreground] = ids[winner[foreground]]
-        best[foreground] = value[foreground]
-    return labels, best
+    labels, value = _labels_of(result, dtype)
+    return labels, np.where(value > 0, value, 0).astype(np.float32)
+
+
+def _labels_of(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The result's (H, W) labels (the highest logit wins, above 0), and each pixel's highest
+    logit."""
+    if not result.obj_ids:
+        return np.zeros(result.shape, dtype=dtype), np.zeros(result.shape, np.float32)
+    winner, value = _resolve_values(result.chunks(), result.shape)
+    ids = np.asarray(result.obj_ids, dtype=dtype)
+    return np.where(value > 0, ids[winner], 0).astype(dtype), value
 
 
 def merge_resolved(parts) -> np.ndarray:

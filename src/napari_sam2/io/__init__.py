@@ -26,6 +26,7 @@ from .outputs import (
     label_counts,
     label_dtype,
     label_output,
+    output_shape,
     pieces_folder,
 )
 from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts, write_prompts
@@ -48,6 +49,7 @@ __all__ = [
     "label_dtype",
     "label_output",
     "open_stack",
+    "output_shape",
     "pieces_folder",
     "read_label_prompt",
     "read_prompts",

@@ -132,6 +132,23 @@ def label_output(
         _remove(tmp)
 
 
+def output_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape of a label volume that :func:`label_output` wrote: a TIFF, a zarr array, or
+    the label image of an OME-Zarr labels group."""
+    path = Path(path)
+    if path.suffix.lower() == ".zarr":
+        import zarr
+
+        node = zarr.open(str(path), mode="r")
+        if not hasattr(node, "shape"):
+            node = node[f"{LABEL_NAME}/0"]
+        return tuple(node.shape)
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.series[0].shape)
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name an output at ``path`` is written under until it is complete."""
     path = Path(path)
