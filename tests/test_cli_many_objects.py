@@ -7,11 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-
-from napari_sam2.cli import main
+from test_cli import FAST, run
 
 pytestmark = pytest.mark.usefixtures("cli_env")
-FAST = ["--image-size", "128", "--device", "cpu", "--quiet"]
 
 
 @pytest.fixture
@@ -26,12 +24,6 @@ def stack(tmp_path):
         labels[(rr - r - 2) ** 2 + (cc - c) ** 2 < 8**2] = (4, 9, 300)[i]
     tifffile.imwrite(tmp_path / "s.tif", frames, photometric="minisblack")
     return tmp_path / "s.tif", labels
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_label_image_prompts_every_object(stack, tmp_path, capsys, random_tiny_checkpoint):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 TIMEOUT = 60_000
 
 
@@ -28,3 +30,20 @@ def click(qtbot, widget, frame, row, col) -> None:
     """A click on (frame, row, col) through the Points layer, and its segmentation done."""
     widget.points.add([[frame, row, col]])
     wait(qtbot, widget)
+
+
+@contextlib.contextmanager
+def on_each_slice(widget, handler):
+    """Call ``handler(result)`` after the widget shows each propagated slice, hooked in before
+    a propagation starts (a slot connected to its worker afterwards may miss every slice)."""
+    show_frame = widget._show_frame
+
+    def show_and_handle(result):
+        show_frame(result)
+        handler(result)
+
+    widget._show_frame = show_and_handle
+    try:
+        yield
+    finally:
+        widget._show_frame = show_frame

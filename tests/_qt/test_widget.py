@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qt_helpers import click, started, wait
+from qt_helpers import click, on_each_slice, started, wait
 
 from napari_sam2._qt import layers as L
 from napari_sam2._qt.widget import SAM2Widget
@@ -88,17 +88,14 @@ def test_cancel_leaves_a_consistent_partial_result_and_propagate_continues(flow,
     click(qtbot, widget, 0, 15, 20)
     widget.direction.value = "forward"
     seen = []
-    show_frame = widget._show_frame
 
-    def cancel_at_once(result):  # hooked in before the worker starts, so no slice slips past
-        show_frame(result)
+    def cancel_at_once(result):
         seen.append(result.frame)
         widget.cancel()
 
-    widget._show_frame = cancel_at_once
-    widget.propagate()
-    wait(qtbot, widget)
-    widget._show_frame = show_frame
+    with on_each_slice(widget, cancel_at_once):
+        widget.propagate()
+        wait(qtbot, widget)
     assert seen and seen[0] == 0
     labels = widget.labels_layer.data
     done = [t for t in range(6) if (labels[t] == 1).any()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from qt_helpers import click, started, wait
+from qt_helpers import click, on_each_slice, started, wait
 
 from napari_sam2._qt import labels_data
 from napari_sam2._qt.widget import SAM2Widget
@@ -52,20 +52,15 @@ def test_a_new_object_during_a_propagation_is_tracked_by_the_next_one(flow, qtbo
     widget.direction.value = "forward"
     added = []
 
-    show_frame = widget._show_frame
-
     def add_while_running(result):  # on the first slice shown, while the rest are tracked
-        show_frame(result)
         if not added:
             added.append(result.frame)
             widget.next_object()
             widget.points.add([[4, 30, 44]])
 
-    # in place before the worker starts (a slot connected after it may miss every slice)
-    widget._show_frame = add_while_running
-    widget.propagate()
-    wait(qtbot, widget)
-    widget._show_frame = show_frame
+    with on_each_slice(widget, add_while_running):
+        widget.propagate()
+        wait(qtbot, widget)
     assert added == [0]
     assert "Propagated over 6 slices" in widget.status.value  # the truth, no failure
     assert "followed by the next Propagate" in widget.status.value
