@@ -6,7 +6,8 @@ For every object, SAM 2 reads its conditioning frames' mask memories, the memori
 :func:`memory_plan` lists those records; :func:`batches` groups objects whose plans have the
 same size — their memories stack without padding — into batches of a bounded size, so that peak
 memory does not grow with the number of objects; :func:`condition` runs memory attention for one
-batch.
+batch. A mask prompt's frame is not conditioned: :func:`mask_as_output` makes its record from the
+mask itself.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..model import SAM2Model
 from ..model.common import sine_position_encoding
+from ..model.sam2 import MEMORY_MASK_BIAS, MEMORY_MASK_SCALE, ImageEmbedding
 from .memory_bank import FrameRecord, ObjectMemory
 
 
@@ -133,3 +136,28 @@ def _memory_pos(n: int, dim: int, device) -> torch.Tensor:
     """(n, dim) sine encoding of the square memory grid (the memory encoder's own PE)."""
     side = int(round(n**0.5))
     return sine_position_encoding(side, side, dim, device).flatten(1).transpose(0, 1)
+
+
+def mask_as_output(model: SAM2Model, emb: ImageEmbedding, mask: torch.Tensor) -> FrameRecord:
+    """The record of (B, 1, S, S) mask prompts on a frame: the masks are taken as the answer
+    itself; only the object pointers come from the decoder (prompted by the masks, on features
+    without memory). Returns the batch's record (batch axis B)."""
+    high = mask * MEMORY_MASK_SCALE + MEMORY_MASK_BIAS
+    low_size = model.config.low_res_mask_size
+    low = F.interpolate(
+        high, size=(low_size, low_size), mode="bilinear", align_corners=False, antialias=True
+    )
+    b = mask.shape[0]
+    high_res = tuple(h.expand(b, -1, -1, -1) for h in emb.high_res)
+    _, _, _, pointer, _ = model.decode_tracked(
+        emb.features.expand(b, -1, -1, -1),
+        high_res,
+        None,
+        None,
+        model.mask_downsample(mask),
+        multimask=False,
+    )
+    present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()  # (B, 1)
+    score = MEMORY_MASK_SCALE * present + MEMORY_MASK_BIAS
+    pointer = present * pointer + (1 - present) * model.no_obj_ptr
+    return FrameRecord(low, pointer, score)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model import SAM2Model
-from ..model.sam2 import MEMORY_MASK_BIAS, MEMORY_MASK_SCALE, NO_OBJECT_LOGIT, ImageEmbedding
-from .conditioning import MemoryPlan, batches, condition, memory_plan
+from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
+from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
 from .embeddings import EmbeddingStore, FrameEmbeddings, store_for
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
@@ -190,7 +190,7 @@ class VideoTracker:
                     "input: the object is taken as absent there",
                     stacklevel=2,
                 )
-            record = self._mask_as_output(emb, mask_t)
+            record = mask_as_output(self.model, emb, mask_t)
         else:
             # Clicks that add to earlier ones refine the frame's current mask (as the official
             # predictor does); a replaced prompt starts again from the tracked mask, so that
@@ -249,7 +249,7 @@ class VideoTracker:
             chunk = [i for i, k in zip(chunk, kept.tolist()) if k]
             if not chunk:
                 continue
-            records = self._mask_as_output(emb, masks[kept])
+            records = mask_as_output(self.model, emb, masks[kept])
             for i, obj_id in enumerate(chunk):
                 obj = self._objects.get(obj_id) or ObjectMemory(
                     obj_id, self._history_capacity, self._spill_dir
@@ -547,31 +547,6 @@ class VideoTracker:
         if t.shape[-2:] != (s, s):
             t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         return (t >= 0.5).float()
-
-    def _mask_as_output(self, emb: ImageEmbedding, mask: torch.Tensor) -> FrameRecord:
-        """(B, 1, S, S) mask prompts are taken as the answer itself; only the object pointers
-        come from the decoder (prompted by the masks, on features without memory). Returns the
-        batch's record (batch axis B)."""
-        model = self.model
-        high = mask * MEMORY_MASK_SCALE + MEMORY_MASK_BIAS
-        low_size = model.config.low_res_mask_size
-        low = F.interpolate(
-            high, size=(low_size, low_size), mode="bilinear", align_corners=False, antialias=True
-        )
-        b = mask.shape[0]
-        high_res = tuple(h.expand(b, -1, -1, -1) for h in emb.high_res)
-        _, _, _, pointer, _ = model.decode_tracked(
-            emb.features.expand(b, -1, -1, -1),
-            high_res,
-            None,
-            None,
-            model.mask_downsample(mask),
-            multimask=False,
-        )
-        present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()  # (B, 1)
-        score = MEMORY_MASK_SCALE * present + MEMORY_MASK_BIAS
-        pointer = present * pointer + (1 - present) * model.no_obj_ptr
-        return FrameRecord(low, pointer, score)
 
     def result(self, frame: int, obj_ids=None) -> FrameResult:
         """The current result of every object (or of ``obj_ids``) on ``frame`` (-1024 where
