@@ -193,6 +193,26 @@ def test_a_worker_killed_mid_run_loses_nothing(client, random_tiny_checkpoint, t
     client.wait_for_workers(2, timeout=60)  # the cluster heals for the next tests
 
 
+def test_a_rerun_task_replaces_what_its_first_attempt_wrote(
+    client, random_tiny_checkpoint, tmp_path
+):
+    """A worker can die after writing a stack's output and before reporting it: Dask reruns
+    the task, which finds the output there. It must replace it, not fail with 'exists' (seen
+    once in the killed-worker test)."""
+    stacks = make_stacks(tmp_path / "data", n=1)
+    options = SegmentOptions(image_size=128)
+    jobs = plan_jobs(stacks, tmp_path / "data", tmp_path / "out", fmt="tif", to_folder=True)
+    checked, failed, _ = prepare(jobs, options)  # no output yet: checks pass
+    assert checked and not failed
+    (tmp_path / "out").mkdir()
+    first = tmp_path / "out" / "s0_labels.tif"
+    tifffile.imwrite(first, np.full((3, 48, 64), 7, np.uint16), photometric="minisblack")
+    spec = ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
+    done, failed = run_on_cluster(client, spec, checked, options)
+    assert list(done) == stacks and not failed, failed
+    assert not (tifffile.imread(first) == 7).all()  # the rerun's labels replaced it
+
+
 def test_resume_redoes_only_missing_and_partial_stacks(random_tiny_checkpoint, tmp_path, capsys):
     data = tmp_path / "data"
     make_stacks(data, n=4)

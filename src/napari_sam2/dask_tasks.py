@@ -69,7 +69,9 @@ def run_on_cluster(
     objects_per_task: int | None = None,
     retries: int = 1,
 ) -> tuple[dict[Path, JobResult], dict[Path, str]]:
-    """Run checked jobs on a Dask ``client``; results as they finish.
+    """Run checked jobs on a Dask ``client``; results as they finish. Their outputs were
+    checked with them: what a task finds at its output is an earlier attempt of its own, which
+    it replaces.
 
     One task per job; with ``objects_per_task``, a job with more objects than that, all
     prompted on one frame, becomes one task per group of objects and a merging task (automatic
@@ -80,6 +82,10 @@ def run_on_cluster(
     Dask events (about twice a second per task; called on the client's thread)."""
     from dask.distributed import as_completed
 
+    # Existing outputs were refused (or allowed, with overwrite) before anything was submitted.
+    # An output that exists when a task runs is then that task's own: written by an attempt
+    # whose worker died before it could report, and Dask reruns it. The rerun replaces it.
+    options = replace(options, overwrite=True)
     token = f"{time.time_ns():x}"
     topic = f"napari-sam2-frames-{token}" if on_frames is not None else None
     if topic is not None:
