@@ -103,6 +103,7 @@ class SessionMixin:
 
     def _restore(self, saved) -> None:
         """Replace the content of the session's SAM2 layers with the saved session."""
+        self._loading_session = False  # from here on, the layers hold the saved prompts
         view, stored = self.label_view(), self.geometry.label_frames(saved.labels)
         for t in range(self.geometry.num_frames):
             frame = np.asarray(stored[t]) if t in saved.labelled_frames else 0
