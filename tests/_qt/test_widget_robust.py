@@ -330,6 +330,7 @@ def test_save_close_reopen_resume_propagate(
     wait(qtbot, widget)
     widget._rename(1, "cell")
     widget.save_session()
+    wait(qtbot, widget)  # the slices are hashed and the files written in a worker
     assert "Session saved" in widget.status.value
     saved_labels = np.asarray(widget.labels_layer.data).copy()
     viewer.close()

@@ -233,3 +233,18 @@ def test_a_session_resumes_in_another_process(tmp_path, disc_stack, random_tiny_
         (2, 2, [(30.0, 44.0)]),
     ]
     assert back.names == {3: "painted"} and back.mask_prompts == {4: [3]}
+
+
+@handled
+def test_a_session_of_the_first_format_still_reads(saved, disc_stack):
+    def older(info):
+        info["format"] = "napari-sam2 session 1"
+        del info["image"]["slice_hashes"]
+        del info["model"]["checkpoint"]
+        info["image"]["signature"] = {"pixels_sha256": "0" * 64}
+        return info
+
+    _edit_json(saved, older)
+    session = sf.read(saved)
+    assert session.slice_hashes is None and session.model.checkpoint is None
+    sf.check_image(session, disc_stack.shape, False, session.geometry.frames(disc_stack))
