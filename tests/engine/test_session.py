@@ -157,3 +157,15 @@ def test_an_erased_object_becomes_absent_on_that_frame(mini_model):
     assert session.mask_prompted(0) == {5, 6}
     tracked = list(session.propagate())
     assert [r.frame for r in tracked] == [0, 1, 2, 3]
+
+
+def test_taking_back_mask_prompts_leaves_clicks_and_removes_mask_only_objects(mini_model):
+    stack, labels = _discs()
+    session = PromptSession(mini_model, stack)
+    clicked = session.sync_frame(1, [PointRow(5, 1, 12, 14, True)], []).result
+    session.add_label_prompts(1, labels)  # painted over: objects 5 (clicked too) and 6
+    assert session.mask_prompted(1) == {5, 6} and session.obj_ids == (5, 6)
+    back = session.remove_mask_prompts(1, [5, 6])
+    assert back.removed == (6,) and session.obj_ids == (5,)
+    assert session.mask_prompted(1) == set()
+    np.testing.assert_allclose(back.result.logits[0], clicked.logits[0], atol=1e-4)

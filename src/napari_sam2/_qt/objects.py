@@ -1,6 +1,7 @@
 """Many objects in the widget: segment everything on a slice, take a Labels layer's slice as
 prompts (a Cellpose or StarDist result), and turn brush strokes in *SAM2 labels* into mask
 prompts, so that painted corrections are followed by propagation instead of overwritten.
+Each of these is one step of the undo history (``undo.py``).
 
 Every object made here is prompted by its mask on the slice (``PromptSession.add_label_prompts``);
 its labels on that slice stay exactly as they are in the layer (the widget does not write the
@@ -19,6 +20,7 @@ from napari.layers import Labels
 
 from ..engine.automatic import masks_to_labels
 from ..engine.labels import label_dtype_for
+from .history import Step, frame_patch, frames_of, paint_patch
 
 if TYPE_CHECKING:
     from .widget import SAM2Widget
@@ -214,29 +216,69 @@ class ObjectTools:
 
     def on_paint(self, event) -> None:
         """napari's paint event of SAM2 labels: the painted objects become mask prompts on the
-        painted slices (new ids become new objects; erased objects are absent there)."""
+        painted slices (new ids become new objects; erased objects are absent there). The
+        stroke and its prompts are one undoable step."""
         w = self.widget
         if self.writing or w.session is None:
             return
+        step = w.history.push(Step("painting"))
+        patch = paint_patch(w.labels_layer.data, event.value)
+        if patch is not None:
+            w.labels_layer.data[patch.region] = patch.after  # (napari may write it after this)
+            w.record(step, patch)
+            w._recount(frames_of(patch.region, w.geometry))
         touched = painted_objects(event.value, w.geometry)
         objects = set(w.session.obj_ids)
+        prompts = {}
         for frame, (new, old) in touched.items():
             ids = new | (old & objects)  # an erased label that is not an object stays unknown
             if ids:
-                self.apply_painting({frame: ids})
+                prompts[frame] = ids
+        self.apply_painting(prompts, step)
+        w.refresh_objects()
 
-    def apply_painting(self, touched: dict[int, set[int]]) -> None:
+    def apply_painting(self, touched: dict[int, set[int]], step=None, write=True) -> None:
+        """The painted labels of these objects on these slices become their prompts there."""
         w = self.widget
+        if not touched:
+            return
+        if step is None:
+            step = w.history.push(Step("painted mask as prompt"))
+        before = {
+            frame: (set(ids), w.session.mask_prompted(frame)) for frame, ids in touched.items()
+        }
         for frame, ids in touched.items():
-            labels = np.asarray(w.label_view()[frame])
+            labels = np.array(w.label_view()[frame], copy=True)
             w.feedback.say(f"Painted objects {sorted(ids)} on slice {frame} become prompts…")
-            w._run(
+            w.run_step(
                 w.session.add_label_prompts,
                 frame,
                 labels,
                 sorted(ids),
-                returned=self._show_added,
+                returned=lambda outcome: self._show_added(outcome, step=step, write=write),
             )
+        step.undo_extra = lambda: self._unpaint(before)
+        step.redo_extra = lambda: self.apply_painting(touched, step, write=False)
+
+    def _unpaint(self, before: dict[int, tuple[set[int], set[int]]]) -> None:
+        """Prompts as they were before a painting (its pixels are back already): objects
+        newly mask-prompted lose that prompt; the others take their mask from the labels."""
+        w = self.widget
+        view = w.label_view()
+
+        def shown(outcome):
+            w.show_sync(outcome, write=False)
+
+        for frame, (ids, masked) in before.items():
+            if ids - masked:
+                w.run_step(
+                    w.session.remove_mask_prompts, frame, sorted(ids - masked), returned=shown
+                )
+            if ids & masked:
+                labels = np.array(view[frame], copy=True)
+                w.run_step(
+                    w.session.add_label_prompts, frame, labels, sorted(ids & masked), returned=shown
+                )
 
     # ------------------------------------------------------------------ shared
     def _add_objects(self, frame: int, labels: np.ndarray, what: str) -> None:
@@ -253,37 +295,55 @@ class ObjectTools:
         if not ids:
             w.show_problem(f"{what}: every object overlaps labels already on slice {frame}.")
             return
-        self.write_frame(frame, merged)
+        step = w.history.push(Step(what.split(":")[0]))
+        self.write_frame(frame, merged, step)
         w.feedback.say(f"{what} on slice {frame}: prompting…")
-        w._run(
+        w.run_step(
             w.session.add_label_prompts,
             frame,
             merged,
             ids,
-            returned=lambda outcome: self._show_added(outcome, what),
+            returned=lambda outcome: self._show_added(outcome, what, step),
         )
 
-    def _show_added(self, outcome, what: str = "Painted correction") -> None:
+        def forget():
+            for obj_id in ids:
+                if obj_id in w.session.obj_ids:
+                    w.session.remove_object(obj_id)
+
+        def again():
+            w.run_step(
+                w.session.add_label_prompts,
+                frame,
+                merged,
+                ids,
+                returned=lambda outcome: w.show_sync(outcome, write=False),
+            )
+
+        step.undo_extra, step.redo_extra = forget, again
+
+    def _show_added(
+        self, outcome, what: str = "Painted correction", step=None, write: bool = True
+    ) -> None:
         w = self.widget
-        w.show_sync(outcome)
+        w.show_sync(outcome, step, write)
+        if not write:
+            return
         dropped = f"; too small for the model: {list(outcome.removed)}" if outcome.removed else ""
         w.feedback.done(f"{what} on slice {outcome.frame}: done{dropped}. Propagate to track them.")
 
-    def write_frame(self, frame: int, new: np.ndarray) -> None:
-        """Write one slice of SAM2 labels as ours (not the user's painting), undoably."""
+    def write_frame(self, frame: int, new: np.ndarray, step=None) -> None:
+        """Write one slice of SAM2 labels as ours (not the user's painting), into ``step``."""
         w = self.widget
         view = w.label_view()
-        current = np.asarray(view[frame])
-        changed = np.nonzero(new != current)
-        if changed[0].size == 0:
+        current = np.array(view[frame], copy=True)
+        patch = frame_patch(w.geometry, frame, current, new)
+        if patch is None:
             return
-        lead = w.geometry.index(frame)
-        indices = tuple(np.full(changed[0].size, i) for i in lead) + changed
-        self.writing = True
-        try:
-            w.labels_layer.data_setitem(indices, new[changed])
-        finally:
-            self.writing = False
+        view[frame] = new
+        w.labels_layer.refresh()
+        w.record(step, patch)
+        w._recount([frame])
 
     def _next_id(self) -> int:
         return max(self.widget.used_ids(), default=0) + 1

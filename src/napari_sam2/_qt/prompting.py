@@ -7,14 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..io import ObjectPrompt
-from . import labels_data
 from . import layers as L
+from .history import PromptState, Step, frame_patch
 from .object_list import ObjectInfo
+from .undo import UndoMixin
 
 META = "napari_sam2"  # layer metadata key: which image a SAM2 layer belongs to, and its role
 
 
-class PromptingMixin:
+class PromptingMixin(UndoMixin):
     def _update_defaults(self, *_) -> None:
         if self.points is not None:
             self._set_point_defaults(shift=False)
@@ -62,18 +63,19 @@ class PromptingMixin:
         self.negative.value = not self.negative.value
 
     def used_ids(self) -> list[int]:
-        """Object ids in use: in the prompt layers and in the tracker."""
+        """Object ids in use: in the prompt layers, in the tracker and in SAM2 labels."""
         used = []
         for layer in (self.points, self.boxes):
             if layer is not None and len(layer.data):
                 used.extend(int(v) for v in layer.features[L.OBJ_ID])
         if self.session is not None:
             used.extend(self.session.obj_ids)
+        used.extend(i for present in self._labelled.values() for i in present)
         return used
 
     def undo_last_click(self, *_) -> None:
-        """Remove the most recently added click; its slice is segmented again, and slices
-        propagated from it are marked as stale."""
+        """Remove the most recently added click (an undoable step); its slice is segmented
+        again, and slices propagated from it are marked as stale."""
         if self.points is None or not len(self.points.data):
             return
         rows = L.point_rows(self.points, self.image_layer, self.geometry)
@@ -95,7 +97,7 @@ class PromptingMixin:
             "changing",
         ):
             return  # wait for the finished action
-        if self.session is None:
+        if self.session is None or self._replaying:
             return
         bad = L.outside_points(self.points, self.image_layer, self.geometry)
         if bad:  # removed at once: a click outside the image must not poison the slice
@@ -111,6 +113,16 @@ class PromptingMixin:
             self._boxes_to_clicks(tiny)
             return
         L.color_points(self.points)
+        state, before = PromptState.capture(self.points, self.boxes), self._prompt_state
+        step = None
+        if before is not None and not state.same(before):
+            step = self.history.push(Step(_what_changed(before, state), (before, state)))
+        self._prompt_state = state
+        self._sync_prompts(step)
+
+    def _sync_prompts(self, step: Step | None, write: bool = True) -> None:
+        """Bring the tracker in step with the tables; its results go into SAM2 labels (and
+        into ``step``) unless ``write`` is off (an undo puts the pixels back itself)."""
         points = L.point_rows(self.points, self.image_layer, self.geometry)
         boxes = L.box_rows(self.boxes, self.image_layer, self.geometry)
         frames = sorted(
@@ -127,7 +139,11 @@ class PromptingMixin:
                     yield outcome
 
         self.feedback.say("Segmenting…")
-        self.run(sync, yielded=self._show_sync, finished=lambda: self._synced(propagations))
+        self.run_step(
+            sync,
+            yielded=lambda outcome: self._show_sync(outcome, step, write),
+            finished=lambda: self._synced(propagations),
+        )
 
     def _boxes_to_clicks(self, tiny) -> None:
         indices = [i for i, _ in tiny]
@@ -142,16 +158,15 @@ class PromptingMixin:
             self.points.add([self.points.world_to_data(world)])
         self.feedback.say("A box of a few pixels was taken as a click.")
 
-    def _show_sync(self, outcome) -> None:
-        if outcome.removed:
-            if labels_data.erase(self.labels_layer.data, self.geometry, outcome.removed):
-                self.labels_layer.refresh()
+    def _show_sync(self, outcome, step: Step | None = None, write: bool = True) -> None:
+        if outcome.removed and write:
+            self._forget_untracked(outcome.removed, outcome.frame, step)
         for obj_id, message in outcome.errors:
             self._sync_errors.append(f"object {obj_id} on slice {outcome.frame}: {message}")
         if outcome.result is not None or outcome.removed:
             self._sync_changed = True
-        if outcome.result is not None:
-            self.write_result(outcome.result, undoable=True)
+        if outcome.result is not None and write:
+            self.write_result(outcome.result, step=step)
 
     def _synced(self, propagations: int) -> None:
         """A sync finished: its errors, or what it changed (an undone click leaves stale
@@ -160,6 +175,9 @@ class PromptingMixin:
         self.refresh_objects()
         if self._sync_errors:
             self.feedback.error("; ".join(self._sync_errors))
+        elif self._kept_note is not None:
+            note, self._kept_note = self._kept_note, None
+            self.feedback.done(note, notify=True)
         elif self._stale_after is not None:
             k, self._stale_after = self._stale_after, None
             self.feedback.done(
@@ -178,25 +196,29 @@ class PromptingMixin:
         else:
             self.feedback.say(f"Ready · object {self.obj_id.value}.")
 
-    def show_sync(self, outcome) -> None:
+    def show_sync(self, outcome, step: Step | None = None, write: bool = True) -> None:
         """Show the result of a prompt change (masks of new objects stay as in the layer)."""
-        if outcome.result is not None:
-            self.write_result(outcome.result, undoable=True)
+        if outcome.result is not None and write:
+            self.write_result(outcome.result, step=step)
         self.refresh_objects()
 
-    def write_result(self, result, undoable: bool) -> None:
+    def write_result(self, result, undoable: bool = True, step: Step | None = None) -> None:
         """Write a frame's result into SAM2 labels, leaving alone the objects whose prompt on
-        that frame is a mask (their labels there are the user's or the generator's)."""
+        that frame is a mask (their labels there are the user's or the generator's). What
+        changed goes into the undo history: into ``step``, or (``undoable`` off: a propagated
+        slice) into the step of the propagation running."""
         masked = self.session.mask_prompted(result.frame) if self.session is not None else ()
         if masked:
             result = result.without(masked)
             meta = self.labels_layer.metadata.setdefault(META, {})
             meta.setdefault("mask_prompts", {})[str(result.frame)] = sorted(masked)
-        self.objects.writing = True
-        try:
-            new = L.write_result(self.labels_layer, self.geometry, result, undoable=undoable)
-        finally:
-            self.objects.writing = False
+        old = np.array(self.label_view()[result.frame], copy=True)
+        new = L.write_result(self.labels_layer, self.geometry, result, undoable=False)
+        if undoable:
+            self.labels_layer.refresh()
+        else:
+            step = step or self._propagation_history_step()
+        self.record(step, frame_patch(self.geometry, result.frame, old, new))
         self._labelled[result.frame] = set(np.unique(new).tolist()) - {0}
 
     def refresh_objects(self) -> None:
@@ -219,24 +241,6 @@ class PromptingMixin:
     def _rename(self, obj_id: int, name: str) -> None:
         self.names[obj_id] = name
 
-    def delete_object(self, obj_id: int) -> None:
-        """Remove an object: its clicks, boxes, labels and everything the tracker keeps."""
-        for layer in (self.points, self.boxes):
-            ids = layer.features[L.OBJ_ID].to_numpy() if len(layer.data) else np.zeros(0)
-            mine = set(np.flatnonzero(ids == obj_id).tolist())
-            if mine:
-                layer.selected_data = mine
-                layer.remove_selected()
-        if self.session is not None and obj_id in self.session.obj_ids:
-            self.session.remove_object(obj_id)
-        if labels_data.erase(self.labels_layer.data, self.geometry, [obj_id]):
-            self.labels_layer.refresh()
-        for present in self._labelled.values():
-            present.discard(obj_id)
-        self.names.pop(obj_id, None)
-        self.refresh_objects()
-        self.feedback.done(f"Object {obj_id} deleted.")
-
     def prompt_rows(self) -> list[ObjectPrompt]:
         """Every click and box, grouped per object and slice (the CSV of a saved session)."""
         groups: dict[tuple[int, int], ObjectPrompt] = {}
@@ -247,3 +251,18 @@ class PromptingMixin:
         for b in L.box_rows(self.boxes, self.image_layer, self.geometry):
             groups.setdefault((b.frame, b.obj_id), ObjectPrompt(b.frame, b.obj_id)).box = b.box
         return list(groups.values())
+
+
+def _what_changed(before: PromptState, after: PromptState) -> str:
+    """The name of a change of the tables, for the status line."""
+    clicks = len(after.points) - len(before.points)
+    boxes = len(after.boxes) - len(before.boxes)
+    if clicks > 0:
+        return "click" if clicks == 1 else f"{clicks} clicks"
+    if clicks < 0:
+        return "removing a click" if clicks == -1 else f"removing {-clicks} clicks"
+    if boxes > 0:
+        return "box"
+    if boxes < 0:
+        return "removing a box"
+    return "moving a prompt"

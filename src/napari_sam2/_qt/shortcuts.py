@@ -1,7 +1,8 @@
 """Keyboard shortcuts of the widget, bound on the viewer while a widget is open.
 
 Keys napari itself uses (1–7, P, S, Z, E, F, L, M, R, T, V, X, B, A, C, O, Y, brackets, arrows,
-Space, Escape, Enter, Delete) are left alone.
+Space, Escape, Enter, Delete) are left alone; Ctrl+Z and Ctrl+Shift+Z are the widget's undo
+and redo (on *SAM2 labels* too, in place of napari's pixel-only undo).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "G": ("propagate", "propagate"),
     "H": ("cancel", "cancel (halt) the propagation or segment everything"),
     "U": ("undo_last_click", "undo the last click"),
+    "Control-Z": ("undo_step", "undo (clicks, boxes, painting, deletions, propagations)"),
+    "Control-Shift-Z": ("redo_step", "redo"),
     "I": ("toggle_negative", "invert: negative clicks on/off"),
     ".": ("select_next_object", "next object"),
     ",": ("select_previous_object", "previous object"),

@@ -100,6 +100,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.feedback = Feedback()
         self.status = self.feedback.status
         self.runner = Runner(self._on_error)
+        self._init_history()
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model_name = ComboBox(label="model", choices=MODEL_NAMES, value=DEFAULT_MODEL)
@@ -142,6 +143,12 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.undo.tooltip = _tip(
             "Remove the latest click; its slice is segmented again", "undo_last_click"
         )
+        self.undo_button = PushButton(text="Undo")
+        self.undo_button.tooltip = (
+            "Undo the last click, box, painting, deletion or propagation (Ctrl+Z)"
+        )
+        self.redo_button = PushButton(text="Redo")
+        self.redo_button.tooltip = "Redo what was undone (Ctrl+Shift+Z)"
         self.object_list = ObjectList(
             self._select_object, self.delete_object, self.go_to_frame, self._rename
         )
@@ -173,7 +180,8 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
             ),
             (
                 "Segment",
-                [self.obj_id, self.new_object, self.negative, self.undo, self.object_list,
+                [self.obj_id, self.new_object, self.negative, self.undo, self.undo_button,
+                 self.redo_button, self.object_list,
                  self.direction, self.first, self.last, self.follow, self.propagate_button,
                  self.cancel_button],
             ),
@@ -200,6 +208,8 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.obj_id.changed.connect(self._update_defaults)
         self.negative.changed.connect(self._update_defaults)
         self.undo.changed.connect(self.undo_last_click)
+        self.undo_button.changed.connect(self.undo_step)
+        self.redo_button.changed.connect(self.redo_step)
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save_session)
@@ -374,6 +384,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         if self._after_begin is not None:
             after, self._after_begin = self._after_begin, None
             after()
+        self._start_history()
         self._on_slider()
 
     def _make_layers(self, image, geometry, common, resume: dict) -> None:
@@ -433,6 +444,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                 self.labels_layer.events.paint.disconnect(self.objects.on_paint)
             except (TypeError, ValueError, RuntimeError):
                 pass
+        self._stop_history()
         for layer in (self.points, self.boxes):
             if layer is not None:
                 try:
@@ -492,7 +504,8 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
 
     # ------------------------------------------------------------------ helpers
     def _set_session_enabled(self, on: bool) -> None:
-        for w in (self.new_object, self.undo, self.propagate_button, self.save_button):
+        for w in (self.new_object, self.undo, self.undo_button, self.redo_button,
+                  self.propagate_button, self.save_button):  # fmt: skip
             w.enabled = on
         self.objects.set_enabled(on)
 

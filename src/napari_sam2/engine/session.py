@@ -158,6 +158,29 @@ class PromptSession:
             if obj_id in self.tracker.obj_ids:
                 self.tracker.remove_object(obj_id)
 
+    def remove_mask_prompts(self, frame: int, obj_ids) -> SyncResult:
+        """Take back the mask prompts of ``obj_ids`` on ``frame`` (an undone painting): their
+        clicks there, if any, prompt them again; objects left with no prompt are removed."""
+        with self.lock:
+            labels, ids = self._label_prompts.get(frame, (None, set()))
+            gone = set(obj_ids) & ids
+            ids -= gone
+            if not ids:
+                self._label_prompts.pop(frame, None)
+            removed = []
+            for obj_id in sorted(gone):
+                signature = self._synced.get((frame, obj_id))
+                if signature is not None:
+                    points, box = signature
+                    self.tracker.add_prompt(frame, obj_id, *_clicks(points, box), replace=True)
+                elif not self._has_prompts(obj_id):
+                    self.tracker.remove_object(obj_id)
+                    removed.append(obj_id)
+                else:
+                    self.tracker.clear_prompts(frame, obj_id)
+            result = self.tracker.result(frame) if gone and self.tracker.obj_ids else None
+            return SyncResult(frame, result, tuple(removed))
+
     def mask_prompted(self, frame: int) -> set[int]:
         """Ids of the objects whose prompt on ``frame`` is a mask (their labels there are the
         user's: a front end should not overwrite them with the tracker's result)."""
