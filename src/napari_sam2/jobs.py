@@ -158,6 +158,7 @@ def plan_jobs(
     overwrite: bool = False,
     to_folder: bool | None = None,
     embeddings: Path | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> list[SegmentJob]:
     """Pair each stack with its prompts file and output path, and check the paths.
 
@@ -167,7 +168,10 @@ def plan_jobs(
     in it; ``fmt``: "tif", "zarr" or "ome.zarr") for several; ``to_folder`` forces one or the
     other (default: a folder for several stacks or an existing folder not named .zarr).
     ``embeddings``: the embeddings store of a single stack, or a folder of ``<stack
-    name>.embeddings.zarr`` for several (made if missing, reused if there). Nothing is created."""
+    name>.embeddings.zarr`` for several (made if missing, reused if there). Nothing is created.
+
+    No output is, holds or lies inside anything the run reads or keeps: a stack, an
+    embeddings store; nor is or holds the prompts (file or folder) or ``spill_dir``."""
     for s in stacks:
         if not s.exists():
             raise InputError(f"stack not found: {s}")
@@ -177,9 +181,13 @@ def plan_jobs(
         to_folder = len(stacks) > 1 or (output.is_dir() and output.suffix.lower() != ".zarr")
     if to_folder:
         check_writable_folder(output, what="output folder", create=True)
+    several = len(stacks) > 1
+    stores = [embeddings_path(embeddings, stack, several) for stack in stacks]
+    kept = [s for s in stores if s is not None]  # read and filled: never an output
+    read_only = [p for p in (prompts, spill_dir) if p is not None]
     jobs = []
     seen: dict[Path, Path] = {}
-    for stack in stacks:
+    for stack, store in zip(stacks, stores):
         stem = stack_stem(stack)
         csv = prompts / f"{stem}.csv" if prompts is not None and prompts.is_dir() else prompts
         if csv is not None and not csv.is_file():
@@ -192,12 +200,11 @@ def plan_jobs(
         seen[target] = stack
         check_output(
             target,
-            stacks,
+            [*stacks, *kept],
             overwrite=overwrite,
-            read_only=[] if prompts is None else [prompts],
+            read_only=read_only,
             folder_exists=not (to_folder and not output.exists()),
         )
-        store = embeddings_path(embeddings, stack, several=len(stacks) > 1)
         jobs.append(SegmentJob(stack, csv, target, store))
     return jobs
 

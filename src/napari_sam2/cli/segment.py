@@ -36,7 +36,8 @@ def segment(args: argparse.Namespace) -> int:
         stop=args.stop,
         image_size=args.image_size,
         channel=args.channel,
-        overwrite=args.overwrite or args.resume,  # --resume redoes partial outputs in place
+        # --resume redoes in place only outputs proven ours and incomplete (batch.resume_state)
+        overwrite=args.overwrite or args.resume,
         spill_dir=args.spill_dir,
         prompt_frame=args.prompt_frame,
         auto_frame=args.auto,
@@ -68,6 +69,7 @@ def segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite or args.resume,
         to_folder=to_folder,
         embeddings=None if args.embeddings is None else Path(args.embeddings),
+        spill_dir=args.spill_dir,
     )
     on_cluster = args.workers is not None or args.scheduler is not None
     # workers on another machine check their own device; this one may have no GPU
