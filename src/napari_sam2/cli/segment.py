@@ -23,7 +23,7 @@ from ..jobs import (
     plan_jobs,
 )
 from ..model.checkpoint import DeviceError
-from .cluster import segment_on_cluster
+from .cluster import check_cluster_options, segment_on_cluster
 from .common import EXIT_FAILED, EXIT_OK, WeightsUnavailable, log
 
 
@@ -60,6 +60,7 @@ def segment(args: argparse.Namespace) -> int:
             "give either --prompts (clicks, boxes or a label image) or --auto FRAME (segment "
             "everything on a frame)" + (", not both" if args.auto is not None else "")
         )
+    check_cluster_options(args)
     to_folder = True if str(args.output).endswith(("/", os.sep)) else None
     jobs = plan_jobs(
         _expand(args.stacks),
