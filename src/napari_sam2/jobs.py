@@ -11,10 +11,12 @@ one frame (``SegmentOptions.prompt_frame``), or none: then SAM 2 segments everyt
 ``SegmentOptions.auto_frame`` and tracks every object it finds.
 
 Everything a user can get wrong is found by :func:`plan_jobs` and :func:`check_job`: missing
-files, an output that is (or holds, or lies inside) an input, an existing output without
-``overwrite``, folders that do not exist or cannot be written, prompts outside the stack, a
-``start``/``stop`` outside it or against the direction, a ``channel`` the data do not have,
-complex data, object ids no label dtype holds, and frames that cannot set an intensity window.
+files, an output that is (or holds, or lies inside) a stack or an embeddings store, or is (or
+holds) the prompts or the spill folder, an existing output without ``overwrite``, a TIFF output
+that would be mostly zeros (a short range of a long stack: zarr stores only what is tracked),
+folders that do not exist or cannot be written, prompts outside the stack, a ``start``/``stop``
+outside it or against the direction, a ``channel`` the data do not have, complex data, object
+ids no label dtype holds, and frames that cannot set an intensity window.
 """
 
 from __future__ import annotations
@@ -131,8 +133,7 @@ class CheckedJob:
 
     @property
     def tracked_frames(self) -> list[int]:
-        frames = {f for a, b, _ in self.passes for f in range(min(a, b), max(a, b) + 1)}
-        return sorted(frames)
+        return sorted(_tracked(self.passes))
 
 
 @dataclass(frozen=True)
@@ -269,9 +270,10 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
         if label_prompt is not None:
             largest = int(label_prompt.max())
         try:
-            label_dtype_for(largest)
+            dtype = label_dtype_for(largest)
         except LabelError as e:
             raise InputError(f"{job.prompts}: {e}") from None
+        _check_tiff_range(job, passes, stack.label_shape, dtype)
         try:
             source = FrameSource(
                 stack.frames, image_size=options.image_size, channel=options.channel
@@ -327,12 +329,13 @@ def run_job(
                 stop=options.stop,
                 progress=None if progress is None else lambda done, _: progress(done, total),
             )
-            counts = label_counts(labels, obj_ids)
+            tracked = checked.tracked_frames
+            counts = label_counts(labels, obj_ids, tracked)  # the other frames are 0
     return JobResult(
         job,
         checked.num_frames,
         obj_ids,
-        checked.tracked_frames,
+        tracked,
         counts,
         time.perf_counter() - started,
         tuple(dropped),
@@ -458,6 +461,41 @@ def check_stack(path: Path, options: SegmentOptions):
             raise InputError(f"{path}: {e}") from None
     finally:
         stack.close()
+
+
+# A TIFF output holds every frame of the stack; past this many bytes of frames that no pass
+# tracks (zeros), it is refused in favour of zarr, which stores only the frames written.
+TIFF_UNTRACKED_LIMIT = 1 << 30
+
+
+def _check_tiff_range(job: SegmentJob, passes, label_shape, dtype) -> None:
+    if job.output.suffix.lower() == ".zarr":
+        return
+    tracked = _count_tracked(passes)
+    frame_bytes = int(np.prod(label_shape[1:])) * np.dtype(dtype).itemsize
+    untracked = (label_shape[0] - tracked) * frame_bytes
+    if untracked > TIFF_UNTRACKED_LIMIT:
+        size = label_shape[0] * frame_bytes / 2**30
+        raise InputError(
+            f"output {job.output}: a TIFF holds all {label_shape[0]:,} frames of the stack, "
+            f"and only {tracked:,} are tracked: it would be {size:,.1f} GiB, "
+            f"{untracked / 2**30:,.1f} GiB of it zeros. Write zarr instead (-o "
+            f"{job.output.with_suffix('.zarr').name}: only the tracked frames are stored), or "
+            "track more of the stack"
+        )
+
+
+def _count_tracked(passes) -> int:
+    """How many distinct frames the passes track (their ranges may share frames)."""
+    count, end = 0, -1
+    for low, high in sorted((min(a, b), max(a, b)) for a, b, _ in passes):
+        count += max(0, high - max(low, end + 1) + 1)
+        end = max(end, high)
+    return count
+
+
+def _tracked(passes) -> set[int]:
+    return {f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)}
 
 
 def _frame_option(name: str, value: int, n: int, where: str) -> int:

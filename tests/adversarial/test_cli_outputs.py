@@ -136,3 +136,37 @@ def test_resume_redoes_its_own_output_cut_short_and_skips_it_complete(
     assert code == 0, err
     assert "nothing to do" not in stdout and "-> out.tif" in stdout
     np.testing.assert_array_equal(tifffile.imread(out), first)
+
+
+# ------------------------------------------------------------------ outputs of a tracked range
+def long_zarr_stack(path, frames: int = 10**6):
+    """A zarr stack of 10**6 frames of 40x56 of which only the first 4 are stored."""
+    array = zarr.open_array(path, mode="w", shape=(frames, 40, 56), chunks=(1, 40, 56), dtype="u1")
+    array[:4] = moving_disc(4)
+    return array
+
+
+@refused
+def test_a_tiff_of_a_few_tracked_frames_of_a_long_stack_is_refused_for_zarr(tmp_path, capsys):
+    long_zarr_stack(tmp_path / "long.zarr")
+    (tmp_path / "p.csv").write_text("frame,obj_id,row,col\n0,1,15,20\n")
+    argv = ["segment", "long.zarr", "-p", "p.csv", "-o", "out.tif", "--start", "0", "--stop", "2"]
+    err = refuses([*argv, *NO_MODEL, *FAST], capsys, tmp_path, "a TIFF holds all 1,000,000")
+    assert "only 3 are tracked" in err and "-o out.zarr" in err
+
+
+@handled
+def test_a_zarr_output_of_a_few_tracked_frames_stores_only_those(
+    tmp_path, capsys, random_tiny_checkpoint
+):
+    long_zarr_stack(tmp_path / "long.zarr")
+    (tmp_path / "p.csv").write_text("frame,obj_id,row,col\n0,1,15,20\n")
+    argv = ["segment", "long.zarr", "-p", "p.csv", "-o", "out.zarr", "--start", "0", "--stop", "2"]
+    code, stdout, err = run([*argv, "--checkpoint", random_tiny_checkpoint, *FAST], capsys)
+    assert code == 0, err
+    assert "3 frames (0-2) of 1000000" in stdout
+    labels = zarr.open_array(tmp_path / "out.zarr", mode="r")
+    assert labels.shape == (10**6, 40, 56)
+    assert labels.nchunks_initialized <= 3 and labels[:3].any()
+    size = sum(p.stat().st_size for p in (tmp_path / "out.zarr").rglob("*") if p.is_file())
+    assert size < 1 << 20

@@ -122,7 +122,7 @@ def label_output(
             import zarr
 
             array = zarr.open_array(
-                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype
+                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **_SPARSE
             )
         else:
             import tifffile
@@ -163,6 +163,11 @@ def output_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
     with tifffile.TiffFile(path) as tif:
         return tuple(tif.series[0].shape)
+
+
+# zarr outputs store only the frames written with labels in them (an untracked or empty frame
+# is no chunk: a 10**6-frame stack tracked on 3 frames is a small store)
+_SPARSE = {"fill_value": 0, "config": {"write_empty_chunks": False}}
 
 
 def _mark_zarr(path: Path) -> None:
@@ -236,7 +241,7 @@ def _ome_zarr_labels(path: Path, shape, dtype, geometry: Geometry | None):
 
     labels = zarr.open_group(str(path), mode="w")
     image = labels.create_group(LABEL_NAME)
-    array = image.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype=dtype)
+    array = image.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **_SPARSE)
     write_zarr_labels(labels, geometry or unknown(3, "tyx"))
     return array
 
