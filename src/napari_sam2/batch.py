@@ -234,8 +234,10 @@ def segment_many(
         "ome.zarr"); or :class:`~napari_sam2.jobs.SegmentJob` objects saying all that.
     model, checkpoint, cache_dir, device, precision: as for :func:`napari_sam2.load_model`.
         The checkpoint is resolved here; ``allow_download``: fetch it here if not cached.
-    resume: skip stacks whose complete output exists, redo the others (partial outputs
-        included); without it an existing output is an error (or pass ``overwrite=True``).
+    resume: skip stacks whose complete output exists, redo the others (partial outputs and
+        outputs of ours cut short included); an existing output napari-sam2 did not write is
+        never replaced (a failure of its stack, :func:`resume_state`); without it an existing
+        output is an error (or pass ``overwrite=True``).
     strict: a stack that fails its checks stops everything before it starts (as the command
         line does); by default it is reported in ``failed`` and the others run.
     objects_per_task: on a cluster, split a stack with more objects than this (all prompted
