@@ -24,8 +24,9 @@ tasks; a stack with very many objects may be split into tasks of a few objects e
 on storage they all see. Tasks on one worker run one at a time, each with as many PyTorch threads
 as the worker has Dask threads (``cores / processes`` of a dask-jobqueue cluster).
 
-Outputs appear under their final name only when complete, so ``resume=True`` skips the stacks
-whose output exists (and has the right shape) and redoes the rest.
+Outputs appear under their final name only when complete and carry a mark saying napari-sam2
+wrote them, so ``resume=True`` skips the stacks whose marked output is complete (right shape,
+all its data), redoes those missing or cut short, and refuses any other file at an output path.
 """
 
 from __future__ import annotations
@@ -100,16 +101,19 @@ def prepare(
     strict: bool = True,
 ) -> tuple[list[CheckedJob], dict[Path, str], list[Path]]:
     """Check every job before any work: (checked jobs, {stack: why it cannot run}, stacks
-    skipped because their complete output exists (with ``resume``)).
+    skipped because their complete output exists (with ``resume``; an existing output that
+    napari-sam2 did not write is refused, :func:`resume_state`)).
 
     ``strict``: any job that fails its checks raises one :class:`InputError` naming them all
     (nothing runs); else they are returned as failures and the others go on."""
     checked, failed, skipped = [], {}, []
     for job in jobs:
-        if resume and output_complete(job, options):
-            skipped.append(job.stack)
-            continue
         try:
+            if resume:
+                state = resume_state(job, options)
+                if state == "complete":
+                    skipped.append(job.stack)
+                    continue
             checked.append(check_job(job, options))
         except InputError as e:
             failed[job.stack] = str(e)
@@ -121,22 +125,27 @@ def prepare(
     return checked, failed, skipped
 
 
-def output_complete(job: SegmentJob, options: SegmentOptions) -> bool:
-    """Whether ``job``'s output exists with the label shape of its stack (outputs take their
-    final name only when complete, so one that is there and readable is done)."""
-    if not job.output.exists():
-        return False
-    from .io import open_stack, output_shape
+def resume_state(job: SegmentJob, options: SegmentOptions) -> str:
+    """What ``resume`` finds at ``job``'s output: "missing", "complete" (skip it) or
+    "incomplete" (redo it): see :func:`~napari_sam2.io.output_state`. An output that nothing
+    proves napari-sam2 wrote is never replaced by a resume: :class:`InputError`."""
+    from .io import open_stack, output_state
 
+    if not job.output.exists():
+        return "missing"
+    stack = open_stack(job.stack, axis=options.axis, index=options.index)
     try:
-        stack = open_stack(job.stack, axis=options.axis, index=options.index)
-        try:
-            expected = stack.label_shape
-        finally:
-            stack.close()
-        return output_shape(job.output) == tuple(expected)
-    except Exception:  # unreadable: redo it
-        return False
+        expected = stack.label_shape
+    finally:
+        stack.close()
+    state = output_state(job.output, expected)
+    if state == "foreign":
+        raise InputError(
+            f"output {job.output} exists and was not written by napari-sam2 (or cannot be "
+            "read), so --resume (resume=True) will not replace it: move it away, choose "
+            "another output, or pass --overwrite (overwrite=True) to replace it"
+        )
+    return state
 
 
 # ---------------------------------------------------------------------------------- running
@@ -225,8 +234,10 @@ def segment_many(
         "ome.zarr"); or :class:`~napari_sam2.jobs.SegmentJob` objects saying all that.
     model, checkpoint, cache_dir, device, precision: as for :func:`napari_sam2.load_model`.
         The checkpoint is resolved here; ``allow_download``: fetch it here if not cached.
-    resume: skip stacks whose complete output exists, redo the others (partial outputs
-        included); without it an existing output is an error (or pass ``overwrite=True``).
+    resume: skip stacks whose complete output exists, redo the others (partial outputs and
+        outputs of ours cut short included); an existing output napari-sam2 did not write is
+        never replaced (a failure of its stack, :func:`resume_state`); without it an existing
+        output is an error (or pass ``overwrite=True``).
     strict: a stack that fails its checks stops everything before it starts (as the command
         line does); by default it is reported in ``failed`` and the others run.
     objects_per_task: on a cluster, split a stack with more objects than this (all prompted
@@ -302,6 +313,7 @@ def _jobs(stacks, prompts, out_dir, fmt, options: SegmentOptions) -> list[Segmen
         fmt=fmt,
         overwrite=options.overwrite,
         to_folder=True,
+        spill_dir=options.spill_dir,
     )
 
 
@@ -334,9 +346,9 @@ __all__ = [
     "BatchReport",
     "describe",
     "discard_partials",
-    "output_complete",
     "prepare",
     "resolve_checkpoint",
+    "resume_state",
     "run_here",
     "segment_many",
 ]

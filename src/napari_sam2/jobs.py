@@ -11,10 +11,12 @@ one frame (``SegmentOptions.prompt_frame``), or none: then SAM 2 segments everyt
 ``SegmentOptions.auto_frame`` and tracks every object it finds.
 
 Everything a user can get wrong is found by :func:`plan_jobs` and :func:`check_job`: missing
-files, an output that is (or holds, or lies inside) an input, an existing output without
-``overwrite``, folders that do not exist or cannot be written, prompts outside the stack, a
-``start``/``stop`` outside it or against the direction, a ``channel`` the data do not have,
-complex data, object ids no label dtype holds, and frames that cannot set an intensity window.
+files, an output that is (or holds, or lies inside) a stack or an embeddings store, or is (or
+holds) the prompts or the spill folder, an existing output without ``overwrite``, a TIFF output
+that would be mostly zeros (a short range of a long stack: zarr stores only what is tracked),
+folders that do not exist or cannot be written, prompts outside the stack, a ``start``/``stop``
+outside it or against the direction, a ``channel`` the data do not have, complex data, object
+ids no label dtype holds, and frames that cannot set an intensity window.
 """
 
 from __future__ import annotations
@@ -131,8 +133,7 @@ class CheckedJob:
 
     @property
     def tracked_frames(self) -> list[int]:
-        frames = {f for a, b, _ in self.passes for f in range(min(a, b), max(a, b) + 1)}
-        return sorted(frames)
+        return sorted(_tracked(self.passes))
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def plan_jobs(
     overwrite: bool = False,
     to_folder: bool | None = None,
     embeddings: Path | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> list[SegmentJob]:
     """Pair each stack with its prompts file and output path, and check the paths.
 
@@ -167,7 +169,10 @@ def plan_jobs(
     in it; ``fmt``: "tif", "zarr" or "ome.zarr") for several; ``to_folder`` forces one or the
     other (default: a folder for several stacks or an existing folder not named .zarr).
     ``embeddings``: the embeddings store of a single stack, or a folder of ``<stack
-    name>.embeddings.zarr`` for several (made if missing, reused if there). Nothing is created."""
+    name>.embeddings.zarr`` for several (made if missing, reused if there). Nothing is created.
+
+    No output is, holds or lies inside anything the run reads or keeps: a stack, an
+    embeddings store; nor is or holds the prompts (file or folder) or ``spill_dir``."""
     for s in stacks:
         if not s.exists():
             raise InputError(f"stack not found: {s}")
@@ -177,9 +182,13 @@ def plan_jobs(
         to_folder = len(stacks) > 1 or (output.is_dir() and output.suffix.lower() != ".zarr")
     if to_folder:
         check_writable_folder(output, what="output folder", create=True)
+    several = len(stacks) > 1
+    stores = [embeddings_path(embeddings, stack, several) for stack in stacks]
+    kept = [s for s in stores if s is not None]  # read and filled: never an output
+    read_only = [p for p in (prompts, spill_dir) if p is not None]
     jobs = []
     seen: dict[Path, Path] = {}
-    for stack in stacks:
+    for stack, store in zip(stacks, stores):
         stem = stack_stem(stack)
         csv = prompts / f"{stem}.csv" if prompts is not None and prompts.is_dir() else prompts
         if csv is not None and not csv.is_file():
@@ -192,12 +201,11 @@ def plan_jobs(
         seen[target] = stack
         check_output(
             target,
-            stacks,
+            [*stacks, *kept],
             overwrite=overwrite,
-            read_only=[] if prompts is None else [prompts],
+            read_only=read_only,
             folder_exists=not (to_folder and not output.exists()),
         )
-        store = embeddings_path(embeddings, stack, several=len(stacks) > 1)
         jobs.append(SegmentJob(stack, csv, target, store))
     return jobs
 
@@ -262,9 +270,10 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
         if label_prompt is not None:
             largest = int(label_prompt.max())
         try:
-            label_dtype_for(largest)
+            dtype = label_dtype_for(largest)
         except LabelError as e:
             raise InputError(f"{job.prompts}: {e}") from None
+        _check_tiff_range(job, passes, stack.label_shape, dtype)
         try:
             source = FrameSource(
                 stack.frames, image_size=options.image_size, channel=options.channel
@@ -320,12 +329,13 @@ def run_job(
                 stop=options.stop,
                 progress=None if progress is None else lambda done, _: progress(done, total),
             )
-            counts = label_counts(labels, obj_ids)
+            tracked = checked.tracked_frames
+            counts = label_counts(labels, obj_ids, tracked)  # the other frames are 0
     return JobResult(
         job,
         checked.num_frames,
         obj_ids,
-        checked.tracked_frames,
+        tracked,
         counts,
         time.perf_counter() - started,
         tuple(dropped),
@@ -451,6 +461,41 @@ def check_stack(path: Path, options: SegmentOptions):
             raise InputError(f"{path}: {e}") from None
     finally:
         stack.close()
+
+
+# A TIFF output holds every frame of the stack; past this many bytes of frames that no pass
+# tracks (zeros), it is refused in favour of zarr, which stores only the frames written.
+TIFF_UNTRACKED_LIMIT = 1 << 30
+
+
+def _check_tiff_range(job: SegmentJob, passes, label_shape, dtype) -> None:
+    if job.output.suffix.lower() == ".zarr":
+        return
+    tracked = _count_tracked(passes)
+    frame_bytes = int(np.prod(label_shape[1:])) * np.dtype(dtype).itemsize
+    untracked = (label_shape[0] - tracked) * frame_bytes
+    if untracked > TIFF_UNTRACKED_LIMIT:
+        size = label_shape[0] * frame_bytes / 2**30
+        raise InputError(
+            f"output {job.output}: a TIFF holds all {label_shape[0]:,} frames of the stack, "
+            f"and only {tracked:,} are tracked: it would be {size:,.1f} GiB, "
+            f"{untracked / 2**30:,.1f} GiB of it zeros. Write zarr instead (-o "
+            f"{job.output.with_suffix('.zarr').name}: only the tracked frames are stored), or "
+            "track more of the stack"
+        )
+
+
+def _count_tracked(passes) -> int:
+    """How many distinct frames the passes track (their ranges may share frames)."""
+    count, end = 0, -1
+    for low, high in sorted((min(a, b), max(a, b)) for a, b, _ in passes):
+        count += max(0, high - max(low, end + 1) + 1)
+        end = max(end, high)
+    return count
+
+
+def _tracked(passes) -> set[int]:
+    return {f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)}
 
 
 def _frame_option(name: str, value: int, n: int, where: str) -> int:

@@ -138,19 +138,18 @@ def merge_groups(
     obj_ids = sorted(i for r in tracked for i in r.obj_ids)
     dtype = label_dtype_for(max(obj_ids))
     pieces = [zarr.open_group(str(folder / str(r.index)), mode="r") for r in tracked]
+    frames = checked.tracked_frames  # the others stay 0: never read nor written
     with job_output(checked, options, obj_ids) as labels:
-        for t in range(checked.label_shape[0]):
+        for t in frames:
             parts = [
                 (np.asarray(p["labels"][t]).astype(dtype), np.asarray(p["best"][t])) for p in pieces
             ]
             labels[t] = merge_resolved(parts)
-        counts = label_counts(labels, obj_ids)
+        counts = label_counts(labels, obj_ids, frames)
     shutil.rmtree(folder, ignore_errors=True)
     seconds = max(r.seconds for r in results) + time.perf_counter() - started
     dropped = tuple(sorted(i for r in results for i in r.dropped))
-    return JobResult(
-        job, checked.num_frames, obj_ids, checked.tracked_frames, counts, seconds, dropped
-    )
+    return JobResult(job, checked.num_frames, obj_ids, frames, counts, seconds, dropped)
 
 
 __all__ = [

@@ -100,3 +100,44 @@ def test_labels_of_a_signed_dtype_that_fits_are_written(mini_model):
     labels[:, 30:, 40:] = -1  # something the user painted, never overwritten
     ns.track_to_labels(prompted(mini_model, 300), labels)
     assert set(np.unique(labels)) == {-1, 0, 300} and (labels[:, 30:, 40:] == -1).all()
+
+
+class LongStack:
+    """A lazy stack of 10**6 small frames (a disc moving over noise), made when read."""
+
+    def __init__(self, frames: int = 10**6) -> None:
+        self.pattern = moving_disc(10)
+        self.shape = (frames, *self.pattern.shape[1:])
+        self.dtype = self.pattern.dtype
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            return self[index[0]][index[1:]]
+        if isinstance(index, (int, np.integer)):
+            return self.pattern[int(index) % len(self.pattern)]
+        return np.stack([self[i] for i in range(*index.indices(len(self)))])
+
+
+@handled
+def test_a_few_frames_of_a_very_long_stack_cost_those_frames(mini_model):
+    """4.5 GB of labels if allocated whole; tracking 3 frames must allocate and write only
+    those (a zarr array in memory, frames outside the range read as 0)."""
+    import tracemalloc
+
+    tracker = ns.VideoTracker(mini_model, LongStack())
+    tracker.add_prompt(0, 1, points=[(15, 20)], labels=[1])
+    tracemalloc.start()
+    try:
+        labels = ns.track_to_labels(tracker, start=0, stop=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        tracker.close()
+    assert labels.shape == (10**6, 40, 56) and labels.dtype == np.uint16
+    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MiB allocated for 3 frames"
+    assert np.asarray(labels[0:3]).any() and not np.asarray(labels[3:100]).any()
+    assert labels.nchunks_initialized <= 3  # frames outside the range: no chunk

@@ -16,18 +16,55 @@ from ..jobs import CheckedJob, JobResult, SegmentOptions
 from .common import log
 
 
+def check_cluster_options(args: argparse.Namespace) -> None:
+    """Before anything runs: dask.distributed is there, ``--scheduler`` is an address a client
+    can dial, and ``--workers`` is at most this machine's cores (capped, with a warning: more
+    processes than cores only compete for them)."""
+    if args.workers is None and args.scheduler is None:
+        return
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+    except ImportError:
+        raise InputError(
+            "--workers and --scheduler need dask.distributed: pip install 'napari-sam2[dask]'"
+        ) from None
+    if args.scheduler is not None:
+        address = args.scheduler
+        try:
+            scheme, location = parse_address(address.strip(), strict=False)
+            if scheme in ("tcp", "tls", "ws", "wss"):
+                host, port = parse_host_port(location, default_port=8786)
+                if not host or any(c.isspace() for c in host) or not 0 < int(port) < 65536:
+                    raise ValueError(f"bad host or port in {location!r}")
+            elif not location or any(c.isspace() for c in location):
+                raise ValueError(f"nothing to connect to after {scheme}://")
+        except (ValueError, TypeError) as e:
+            raise InputError(
+                f"--scheduler {address!r} is not a Dask scheduler address ({e}); give one like "
+                "tcp://head:8786 (what the scheduler prints, or cluster.scheduler_address)"
+            ) from None
+        return
+    cpus = _cores()
+    if args.workers > cpus:
+        log(
+            f"--workers {args.workers}: this machine has {cpus} cores; starting {cpus} workers "
+            "(more processes than cores only compete for them; --scheduler for a larger "
+            "cluster)"
+        )
+        args.workers = cpus
+
+
+def _cores() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cpus or 1)
+
+
 def segment_on_cluster(
     args: argparse.Namespace, checked: list[CheckedJob], options: SegmentOptions
 ):
     """Run the checked jobs on Dask; print each stack's summary as it finishes. Returns (done,
     failed) as :func:`napari_sam2.batch.run_on_cluster`."""
-
-    try:
-        from dask.distributed import Client  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "--workers and --scheduler need dask.distributed: pip install 'napari-sam2[dask]'"
-        ) from None
+    # (check_cluster_options ran before anything else)
     # the workers only read the weights: find (or fetch) them here, first
     path = resolve_checkpoint(
         args.model, args.checkpoint, cache_dir=args.cache_dir, progress=not args.quiet
@@ -94,16 +131,15 @@ def open_client(args: argparse.Namespace):
     if args.scheduler is not None:
         try:
             client = Client(args.scheduler, timeout="30s")
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ValueError) as e:
             raise InputError(f"--scheduler {args.scheduler}: cannot connect ({e})") from None
         with client:
             yield client
         return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with (
         LocalCluster(
             n_workers=args.workers,
-            threads_per_worker=max(1, (cpus or 1) // args.workers),
+            threads_per_worker=max(1, _cores() // args.workers),
             processes=True,
             host="127.0.0.1",
             # ":8787", the usual address, where it is free (Dask takes another if not);

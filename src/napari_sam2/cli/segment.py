@@ -23,7 +23,7 @@ from ..jobs import (
     plan_jobs,
 )
 from ..model.checkpoint import DeviceError
-from .cluster import segment_on_cluster
+from .cluster import check_cluster_options, segment_on_cluster
 from .common import EXIT_FAILED, EXIT_OK, WeightsUnavailable, log
 
 
@@ -36,7 +36,8 @@ def segment(args: argparse.Namespace) -> int:
         stop=args.stop,
         image_size=args.image_size,
         channel=args.channel,
-        overwrite=args.overwrite or args.resume,  # --resume redoes partial outputs in place
+        # --resume redoes in place only outputs proven ours and incomplete (batch.resume_state)
+        overwrite=args.overwrite or args.resume,
         spill_dir=args.spill_dir,
         prompt_frame=args.prompt_frame,
         auto_frame=args.auto,
@@ -59,6 +60,7 @@ def segment(args: argparse.Namespace) -> int:
             "give either --prompts (clicks, boxes or a label image) or --auto FRAME (segment "
             "everything on a frame)" + (", not both" if args.auto is not None else "")
         )
+    check_cluster_options(args)
     to_folder = True if str(args.output).endswith(("/", os.sep)) else None
     jobs = plan_jobs(
         _expand(args.stacks),
@@ -68,6 +70,7 @@ def segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite or args.resume,
         to_folder=to_folder,
         embeddings=None if args.embeddings is None else Path(args.embeddings),
+        spill_dir=args.spill_dir,
     )
     on_cluster = args.workers is not None or args.scheduler is not None
     # workers on another machine check their own device; this one may have no GPU

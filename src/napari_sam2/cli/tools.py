@@ -56,10 +56,35 @@ def _check_display() -> None:
     )
 
 
+def _read_image(path: str) -> list:
+    """The layer data napari's readers make of ``path``; a file or folder none of them opens
+    (a text file, a CSV that is not points, a folder of no images) is bad input, said now."""
+    from napari.plugins import _initialize_plugins
+    from napari.plugins.io import read_data_with_plugins
+
+    _initialize_plugins()
+    try:
+        layers, _ = read_data_with_plugins([path], plugin=None, stack=False)
+    except PermissionError:
+        raise
+    except Exception as e:  # readers' own errors: ValueError, a plugin's exception
+        reason = str(e) or type(e).__name__
+        layers, error = None, reason
+    else:
+        error = "no reader returned data"
+    if not layers:
+        raise InputError(
+            f"{path}: napari cannot open it as an image ({error}); give an image file napari "
+            "reads (TIFF, PNG, JPEG, a zarr folder, ...), or no file for the sample"
+        )
+    return layers
+
+
 def view(args: argparse.Namespace) -> int:
     _check_display()
     if args.image and not Path(args.image).exists():
         raise InputError(f"image not found: {args.image}")
+    layers = _read_image(args.image) if args.image else None  # before any download
     checkpoint = args.checkpoint
     if checkpoint is None:
         checkpoint = str(weights.fetch(args.model, cache_dir=args.cache_dir))
@@ -71,8 +96,13 @@ def view(args: argparse.Namespace) -> int:
     from .._sample_data import make_sample_stack, make_sample_timelapse
 
     viewer = napari.Viewer(title="napari-sam2")
-    if args.image:
-        viewer.open(args.image)
+    if layers is not None:
+        from napari.layers import Layer
+
+        for layer_data in layers:
+            data, meta, kind = (*layer_data, None, None)[:3]
+            meta = {"name": Path(args.image).stem, **(meta or {})}
+            viewer.add_layer(Layer.create(data, meta, kind or "image"))
     else:
         make = make_sample_stack if args.sample == "stack" else make_sample_timelapse
         for data, meta, _ in make():

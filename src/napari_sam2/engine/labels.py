@@ -153,6 +153,31 @@ class LabelSink:
         self.frames_written += 1
 
 
+# A new label volume up to this size is a numpy array; a larger one is a zarr array in memory
+# that stores only the frames written (compressed), so tracking a few frames of a long stack
+# costs those frames, not the whole volume.
+IN_MEMORY_LABELS_LIMIT = 1 << 30
+
+
+def new_labels(shape: tuple[int, int, int], dtype):
+    """A zero (T, H, W) label volume: numpy when it takes at most ``IN_MEMORY_LABELS_LIMIT``
+    bytes (1 GiB), else a zarr array in memory, one chunk per frame, holding only the frames
+    written with labels in them (read frames or ranges of it as numpy: ``labels[a:b]``)."""
+    dtype = np.dtype(dtype)
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize <= IN_MEMORY_LABELS_LIMIT:
+        return np.zeros(shape, dtype=dtype)
+    import zarr
+
+    return zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=shape,
+        chunks=(1, *shape[1:]),
+        dtype=dtype,
+        fill_value=0,
+        config={"write_empty_chunks": False},
+    )
+
+
 def track_to_labels(
     tracker: VideoTracker,
     labels=None,
@@ -163,7 +188,7 @@ def track_to_labels(
     progress: Callable[[int, int], None] | None = None,
 ):
     """Propagate and write every frame into ``labels`` (created when None: uint16, or wider
-    when the object ids need it).
+    when the object ids need it; see :func:`new_labels` for what kind of array).
 
     Everything that can fail before tracking does so before the first frame is computed: the
     propagation range, and the labels' shape, dtype (wide enough for every object id) and
@@ -174,7 +199,7 @@ def track_to_labels(
     passes = tracker.plan(direction, start, stop)
     shape = (tracker.num_frames, *tracker.frame_shape)
     if labels is None:
-        labels = np.zeros(shape, dtype=label_dtype_for(max(tracker.obj_ids)))
+        labels = new_labels(shape, label_dtype_for(max(tracker.obj_ids)))
     check_labels(labels, shape, tracker.obj_ids)
     sink = LabelSink(labels)
     total = frames_in(passes)

@@ -27,6 +27,7 @@ from .outputs import (
     label_dtype,
     label_output,
     output_shape,
+    output_state,
     pieces_folder,
 )
 from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts, write_prompts
@@ -50,6 +51,7 @@ __all__ = [
     "label_output",
     "open_stack",
     "output_shape",
+    "output_state",
     "pieces_folder",
     "read_label_prompt",
     "read_prompts",

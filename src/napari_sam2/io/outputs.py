@@ -18,6 +18,13 @@ from .stacks import TIFF_SUFFIXES
 
 OUTPUT_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
 
+# How a label volume says that napari-sam2 wrote it (what --resume needs to prove before it
+# redoes an output): a private TIFF tag, or an attribute of the zarr array / OME-Zarr group,
+# set when the volume is complete.
+MARK = "napari-sam2 labels"
+MARK_TAG = 65417  # a private TIFF tag (>= 65000), ASCII
+MARK_ATTR = "napari_sam2"
+
 
 def label_dtype(max_id: int) -> np.dtype:
     """uint16 when every object id fits, else uint32, else uint64."""
@@ -115,18 +122,27 @@ def label_output(
             import zarr
 
             array = zarr.open_array(
-                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype
+                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **_SPARSE
             )
         else:
             import tifffile
 
             meta = tiff_metadata(geometry) if geometry is not None else {}
-            array = tifffile.memmap(tmp, shape=shape, dtype=dtype, photometric="minisblack", **meta)
+            array = tifffile.memmap(
+                tmp,
+                shape=shape,
+                dtype=dtype,
+                photometric="minisblack",
+                extratags=[(MARK_TAG, "s", 0, MARK, True)],
+                **meta,
+            )
             _reserve(tmp)
         yield array
         if isinstance(array, np.memmap):
             array.flush()
             del array
+        else:
+            _mark_zarr(tmp)
         _replace(tmp, path)
     finally:
         _remove(tmp)
@@ -147,6 +163,54 @@ def output_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
     with tifffile.TiffFile(path) as tif:
         return tuple(tif.series[0].shape)
+
+
+# zarr outputs store only the frames written with labels in them (an untracked or empty frame
+# is no chunk: a 10**6-frame stack tracked on 3 frames is a small store)
+_SPARSE = {"fill_value": 0, "config": {"write_empty_chunks": False}}
+
+
+def _mark_zarr(path: Path) -> None:
+    import zarr
+
+    node = zarr.open(str(path), mode="r+")
+    node.attrs[MARK_ATTR] = {"labels": "complete"}
+
+
+def output_state(path: str | os.PathLike, shape: tuple[int, ...]) -> str:
+    """What is at ``path``, for ``--resume``: "missing"; "complete" (a label volume that
+    napari-sam2 marked as its own, of ``shape``, all its data in the file); "incomplete" (ours,
+    but of another shape, or a TIFF whose data were cut short); or "foreign" (not ours, or
+    unreadable: nothing proves it may be replaced)."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        if path.suffix.lower() == ".zarr":
+            import zarr
+
+            node = zarr.open(str(path), mode="r")
+            if node.attrs.get(MARK_ATTR, {}).get("labels") != "complete":
+                return "foreign"
+            if not hasattr(node, "shape"):
+                node = node[f"{LABEL_NAME}/0"]
+            return "complete" if tuple(node.shape) == tuple(shape) else "incomplete"
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags.get(MARK_TAG)
+            if tag is None or tag.value != MARK:
+                return "foreign"
+            series = tif.series[0]
+            if tuple(series.shape) != tuple(shape):
+                return "incomplete"
+            offset = series.dataoffset
+            end = None if offset is None else offset + series.size * series.dtype.itemsize
+            if end is None or end > os.path.getsize(path):
+                return "incomplete"  # cut short: its last frames are not in the file
+            return "complete"
+    except Exception:  # unreadable: nothing proves it is ours
+        return "foreign"
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -177,7 +241,7 @@ def _ome_zarr_labels(path: Path, shape, dtype, geometry: Geometry | None):
 
     labels = zarr.open_group(str(path), mode="w")
     image = labels.create_group(LABEL_NAME)
-    array = image.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype=dtype)
+    array = image.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **_SPARSE)
     write_zarr_labels(labels, geometry or unknown(3, "tyx"))
     return array
 
@@ -219,13 +283,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def label_counts(labels, ids=None) -> dict[int, tuple[int, int]]:
+def label_counts(labels, ids=None, frames_read=None) -> dict[int, tuple[int, int]]:
     """Per label value found (or per id of ``ids``, found or not): (voxels, frames where it
-    appears), reading one frame at a time. Memory is per label present, whatever the ids'
-    size (ids near 2**32 are fine)."""
+    appears), reading one frame at a time: every frame, or only ``frames_read`` (those that
+    were written; the others are known to be 0). Memory is per label present, whatever the
+    ids' size (ids near 2**32 are fine)."""
     voxels: dict[int, int] = {int(i): 0 for i in ids or ()}
     frames = dict(voxels)
-    for t in range(labels.shape[0]):
+    for t in range(labels.shape[0]) if frames_read is None else frames_read:
         frame = np.asarray(labels[t]).ravel()
         if frame.dtype.itemsize <= 2 and frame.dtype.kind == "u":
             counts = np.bincount(frame, minlength=1)
