@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
-from .embeddings import EmbeddingStore, FrameEmbeddings, store_for
+from .embeddings import (
+    EmbeddingStore,
+    FrameEmbeddings,
+    embedding_layout,
+    frame_fingerprint,
+    store_for,
+)
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .plan import DIRECTIONS, frames_in, plan_passes
@@ -91,7 +97,12 @@ class VideoTracker:
         )
         self._prefetch = Prefetcher(self.source.prepare)
         self._embeddings = FrameEmbeddings(
-            feature_cache, store_for(embeddings, embeddings_dtype, spill_dir, self.source, model)
+            feature_cache,
+            store_for(embeddings, embeddings_dtype, spill_dir, self.source, model),
+            fingerprint=lambda t: frame_fingerprint(self.source.read(t)),
+            spare=lambda: EmbeddingStore.temporary(
+                len(self.source), embeddings_dtype, spill_dir, layout=embedding_layout(cfg)
+            ),
         )
         if object_batch is None:
             object_batch = 1 if model.device.type == "cpu" else GPU_OBJECT_BATCH
