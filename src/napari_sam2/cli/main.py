@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt as e:  # its message, if any, says what was kept (embed)
-        _print_error(f"interrupted; {e or 'no partial output was kept'}", debug)
+        _print_error(f"interrupted; {str(e) or 'no partial output was kept'}", debug)
         return EXIT_INTERRUPTED
     except Terminated as e:
-        _print_error(f"terminated (SIGTERM); {e or 'no partial output was kept'}", debug)
+        _print_error(f"terminated (SIGTERM); {str(e) or 'no partial output was kept'}", debug)
         return EXIT_TERMINATED
     except (
         InputError,
