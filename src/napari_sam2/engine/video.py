@@ -21,13 +21,8 @@ import torch.nn.functional as F
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
-from .embeddings import (
-    EmbeddingStore,
-    FrameEmbeddings,
-    embedding_layout,
-    frame_fingerprint,
-    store_for,
-)
+from .embeddings import EmbeddingStore, embedding_layout, frame_fingerprint, store_for
+from .frame_embeddings import FrameEmbeddings
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .plan import DIRECTIONS, frames_in, plan_passes
@@ -60,7 +55,8 @@ class VideoTracker:
     Frame embeddings are computed once (see :mod:`.embeddings`): the last ``feature_cache``
     frames stay in RAM as computed, and every frame goes to ``embeddings``: a zarr store at
     that path, kept after the tracker is closed and reused by the next tracker of the same stack
-    and model (one made for anything else is refused); None (default) for a temporary store
+    and model (one made for anything else, or damaged, is refused; each frame read from it is
+    checked against the frame's pixels and is encoded again if they changed); None (default) for a temporary store
     removed on :meth:`close` (beside ``spill_dir``); False for none. ``embeddings_dtype``:
     "float16" (half the disk, results within a mask IoU of 0.999) or "float32" (exact).
 
