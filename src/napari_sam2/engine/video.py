@@ -56,9 +56,10 @@ class VideoTracker:
     frames stay in RAM as computed, and every frame goes to ``embeddings``: a zarr store at
     that path, kept after the tracker is closed and reused by the next tracker of the same stack
     and model (one made for anything else, or damaged, is refused; each frame read from it is
-    checked against the frame's pixels and is encoded again if they changed); None (default) for a temporary store
-    removed on :meth:`close` (beside ``spill_dir``); False for none. ``embeddings_dtype``:
-    "float16" (half the disk, results within a mask IoU of 0.999) or "float32" (exact).
+    checked against the frame's pixels and is encoded again if they changed); None (default)
+    for a temporary store removed on :meth:`close` (beside ``spill_dir``); False for none.
+    ``embeddings_dtype``: "float16" (half the disk, results within a mask IoU of 0.999) or
+    "float32" (exact).
 
     Objects are computed ``object_batch`` at a time (objects whose memories have the same size
     share a batch; default: 16 on a GPU, 1 on the CPU, where batches are no faster): peak memory
