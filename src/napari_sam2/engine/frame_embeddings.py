@@ -15,11 +15,12 @@ from .embeddings import EmbeddingStore, EmbeddingsWarning
 class FrameEmbeddings:
     """The tracker's embeddings: the last ``ram_frames`` in RAM (as computed), every frame
     computed in ``store`` (if any). ``get(t, compute)`` returns frame ``t``'s embedding,
-    calling ``compute(t)`` only for a frame not held (or held for other pixels, or damaged).
+    calling ``compute(t)`` -> (embedding, fingerprint of the frame it was computed from) only for
+    a frame not held (or held for other pixels, or damaged).
 
-    ``fingerprint(t)`` is :func:`frame_fingerprint` of frame ``t``, checked against the store's
-    record on every read from it. A read-only ``store`` is read; what it cannot hold goes to a
-    temporary store made by ``spare()`` (with one warning)."""
+    ``fingerprint(t)`` is :func:`~.embeddings.frame_fingerprint` of frame ``t`` (read for it),
+    checked against the store's record on every read from it. A read-only ``store`` is read;
+    what it cannot hold goes to a temporary store made by ``spare()`` (with one warning)."""
 
     def __init__(
         self,
@@ -47,7 +48,9 @@ class FrameEmbeddings:
     def known(self, t: int) -> bool:
         return t in self._ram or any(t in s for s in self._stores())
 
-    def get(self, t: int, compute: Callable[[int], ImageEmbedding], device=None) -> ImageEmbedding:
+    def get(
+        self, t: int, compute: Callable[[int], tuple[ImageEmbedding, int]], device=None
+    ) -> ImageEmbedding:
         emb = self._ram.get(t)
         pixels = None
         if emb is None:
@@ -58,11 +61,11 @@ class FrameEmbeddings:
                     if emb is not None:
                         break
         if emb is None:
-            emb = compute(t)
+            emb, pixels = compute(t)
             self.computed += 1
             target = self._writable_store()
             if target is not None:
-                target.put(t, emb, self._fingerprint(t) if pixels is None else pixels)
+                target.put(t, emb, pixels)
         self._ram[t] = emb
         self._ram.move_to_end(t)
         while len(self._ram) > self.ram_frames:

@@ -92,7 +92,7 @@ class VideoTracker:
             window=window,
             percentiles=percentiles,
         )
-        self._prefetch = Prefetcher(self.source.prepare)
+        self._prefetch = Prefetcher(self._prepare)  # (input, fingerprint): the frame read once
         self._embeddings = FrameEmbeddings(
             feature_cache,
             store_for(embeddings, embeddings_dtype, spill_dir, self.source, model),
@@ -518,8 +518,13 @@ class VideoTracker:
     def _embedding(self, frame: int) -> ImageEmbedding:
         return self._embeddings.get(frame, self._encode, self.model.device)
 
-    def _encode(self, frame: int) -> ImageEmbedding:
-        return self.model.encode_image(self._prefetch.get(frame).to(self.model.device))
+    def _prepare(self, frame: int) -> tuple[torch.Tensor, int]:
+        x, raw = self.source.prepare_with_frame(frame)
+        return x, frame_fingerprint(raw)
+
+    def _encode(self, frame: int) -> tuple[ImageEmbedding, int]:
+        x, pixels = self._prefetch.get(frame)
+        return self.model.encode_image(x.to(self.model.device)), pixels
 
     @property
     def embeddings(self) -> EmbeddingStore | None:
