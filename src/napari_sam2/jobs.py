@@ -222,7 +222,8 @@ def embeddings_path(embeddings: Path | None, stack: Path, several: bool) -> Path
         raise InputError(f"embeddings {store} would be the stack {stack}, or around or in it")
     if store.exists() and not store.is_dir():
         raise InputError(f"embeddings {store} is a file, not an embeddings store (a folder)")
-    check_writable_folder(store.parent, what="embeddings folder", create=several)
+    if not store.exists():  # an existing store may be read-only: it is then only read
+        check_writable_folder(store.parent, what="embeddings folder", create=several)
     return store
 
 
@@ -402,17 +403,28 @@ def segment_everything(model, stack, checked: CheckedJob, options: SegmentOption
 
 def check_store_for(path: Path, source, options: SegmentOptions) -> None:
     """What of an existing embeddings store can be checked before the model loads: that it is
-    one, made for this stack (pixels, channel, window) and for this model name and input size
-    (the weights are checked once the model is loaded)."""
-    from .engine.embeddings import EmbeddingsError, EmbeddingStore, data_signature
+    one, whole (its arrays there, of this model's shapes), made for this stack (pixels, channel,
+    window) and for this model name and input size (the weights are checked once the model is
+    loaded)."""
+    from .engine.embeddings import (
+        EmbeddingsError,
+        EmbeddingStore,
+        data_signature,
+        embedding_layout,
+    )
+    from .model import CONFIGS
 
     expected = data_signature(source)
+    layout = None
     if options.model is not None:
         expected = {**expected, "model": options.model, "image_size": options.image_size}
+        if options.model in CONFIGS:
+            layout = embedding_layout(CONFIGS[options.model].with_image_size(options.image_size))
     try:
         stored = EmbeddingStore.read_signature(path)
         unchecked = {k: v for k, v in stored.items() if k not in expected}
         EmbeddingStore.check_signature(path, stored, {**expected, **unchecked})
+        EmbeddingStore.check(path, len(source), layout)
     except EmbeddingsError as e:
         raise InputError(str(e)) from None
 

@@ -10,7 +10,8 @@ Exit codes: 0 success; 1 an I/O error (disk full, file-size limit) or an unexpec
 rerun with --debug and report it); 2 bad usage or input (the message names the file, and the line
 of a bad prompts row); 3 weights unavailable (offline, checksum, missing, empty or unreadable
 checkpoint); 130 interrupted (Ctrl+C); 143 terminated (SIGTERM). Errors go to stderr as one
-message; ``--debug`` adds the traceback. Interrupted or failed runs leave no partial output.
+message; ``--debug`` adds the traceback. Interrupted or failed runs leave no partial output
+(except ``embed``, whose store keeps the frames done: run it again to complete it).
 docs/cli.md has the details.
 """
 
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = _handle_sigterm()
     try:
         return args.run(args)
-    except KeyboardInterrupt:
-        _print_error("interrupted; no partial output was kept", debug)
+    except KeyboardInterrupt as e:  # its message, if any, says what was kept (embed)
+        _print_error(f"interrupted; {str(e) or 'no partial output was kept'}", debug)
         return EXIT_INTERRUPTED
-    except Terminated:
-        _print_error("terminated (SIGTERM); no partial output was kept", debug)
+    except Terminated as e:
+        _print_error(f"terminated (SIGTERM); {str(e) or 'no partial output was kept'}", debug)
         return EXIT_TERMINATED
     except (
         InputError,

@@ -229,6 +229,8 @@ def embed(args: argparse.Namespace) -> int:
     """Compute every frame's embedding of each stack into its store."""
     from tqdm.auto import tqdm
 
+    from ..engine.embeddings import EmbeddingStore
+
     options = SegmentOptions(
         axis=args.axis,
         index=args.index,
@@ -247,6 +249,8 @@ def embed(args: argparse.Namespace) -> int:
         source = check_stack(stack, options)
         if store.exists():
             check_store_for(store, source, options)
+            if not EmbeddingStore.can_write(store):
+                raise InputError(f"embeddings store {store} cannot be written (read-only)")
     device = _check_device(args)
     _check_checkpoint(args)
     model = _load_model(args, device)
@@ -259,7 +263,15 @@ def embed(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(1)
 
-            encoded, total = embed_stack(model, stack, store, options, advance)
+            try:
+                encoded, total = embed_stack(model, stack, store, options, advance)
+            except BaseException as e:  # Ctrl+C, SIGTERM: what is kept is a valid store
+                if not isinstance(e, Exception) and store.is_dir():
+                    e.args = (
+                        f"{store} keeps the frames embedded so far (each one checked when "
+                        "read); run the same embed again to complete it",
+                    )
+                raise
         print(f"{stack} -> {store}: {encoded} of {total} frames encoded ({total - encoded} there)")
     if several:
         print(f"done: {len(stacks)} stacks in {time.perf_counter() - started:.1f} s")

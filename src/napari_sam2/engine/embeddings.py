@@ -6,37 +6,69 @@ another machine — never run the image encoder on a frame twice.
 A store is a zarr group holding, per frame, the image encoder's output (the top-level
 features and the two high-resolution levels the mask decoder reads), one chunk per frame, in
 float16 (half the disk; results agree with float32 to a mask IoU of 0.999 or better, see
-docs/troubleshooting.md#speed) or float32 (exact). It is tied to what made it by a signature —
-the data (shape, dtype, a hash of sampled pixels, the channel and intensity window used), the
-model (name, a hash of its weights) and the input size — and a store whose signature differs is
-refused, never reused.
+docs/troubleshooting.md#speed) or float32 (exact), and the position encoding they share.
+
+What a store returns is proven to be the embedding of that frame under those weights:
+
+- **The whole store** carries a signature — the data (shape, dtype, a hash of sampled pixels,
+  the channel and intensity window), the model (name, a hash of its weights, recomputed at every
+  opening so that weights changed in place are noticed) and the input size. A store whose
+  signature differs is refused (:class:`EmbeddingsError`), never reused: a cheap first check.
+- **Each frame** has a record (the ``frames`` array, one chunk per frame, written after the
+  frame's embedding): a hash of the frame's raw pixels as read from the stack, and a checksum
+  of the embedding's stored bytes (and of the position encoding). On every read the frame's
+  pixels are hashed again (milliseconds, against about a second of encoder on a CPU) and the
+  bytes checked. A frame whose pixels changed, or whose chunks were deleted, truncated or
+  altered, is not used: it is computed again and rewritten, with one warning
+  (:class:`EmbeddingsWarning`) per store and kind. A frame without a record (never stored, or
+  interrupted while being stored) is computed.
+- **Structural damage** found on opening — no per-frame records, records for another number of
+  frames, a missing array, an array of the wrong shape or dtype, a store of an older format —
+  raises :class:`EmbeddingsError` naming the store, the problem and the fix (delete it, or give
+  another path).
+
+A store that cannot be written (a read-only mount, no permission) is opened read-only: the
+frames it holds are read (and checked); frames it lacks, or holds for other pixels or damaged,
+are computed into a temporary store (removed on close) instead, with one warning. A new store is
+built under a temporary name beside its path and renamed into place, so two processes making
+the same store at once both end up using the one that won, never half of each.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
+import uuid
+import warnings
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..model import SAM2Model
+from ..model.config import SAM2Config
 from ..model.sam2 import ImageEmbedding
 
-FORMAT = "napari-sam2 embeddings 1"
+FORMAT = "napari-sam2 embeddings 2"
 STORE_DTYPES = ("float16", "float32")
+FRAME_ARRAYS = ("features", "high_res_0", "high_res_1")  # one chunk per frame
+RECORDS = "frames"  # (T, 2) uint64 per frame: pixel hash (0: not stored), embedding checksum
 _HASH_FRAMES = 8  # frames whose pixels go into the data signature
 _HASH_VALUES = 1 << 18  # values sampled per frame
 
 
 class EmbeddingsError(ValueError):
-    """An embeddings store that cannot be used: made for other data, model or input size, or
-    not an embeddings store at all."""
+    """An embeddings store that cannot be used: made for other data, model or input size,
+    damaged, of an older format, or not an embeddings store at all."""
+
+
+class EmbeddingsWarning(UserWarning):
+    """A frame of an embeddings store that was not used (pixels changed, damaged), or a store
+    that cannot be written: the frames concerned are computed again."""
 
 
 def data_signature(source) -> dict:
@@ -59,77 +91,117 @@ def data_signature(source) -> dict:
 
 
 def model_signature(model: SAM2Model) -> dict:
-    """The model's name, input size and a hash of its weights (computed once per model)."""
-    weights = getattr(model, "_weights_sha256", None)
-    if weights is None:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        weights = model._weights_sha256 = digest.hexdigest()
+    """The model's name, input size and a hash of its weights. The hash is computed at every
+    call (73 ms for tiny's 156 MB on a CPU, about 0.4 s for large): weights changed in place
+    (``load_state_dict``, ``param.data``) leave no trace a cache could key on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     cfg = model.config
-    return {"model": cfg.name, "image_size": int(cfg.image_size), "weights_sha256": weights}
+    return {
+        "model": cfg.name,
+        "image_size": int(cfg.image_size),
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+def embedding_layout(config: SAM2Config) -> dict[str, tuple[int, ...]]:
+    """The shape of one frame's arrays (without the frame axis), and of the position
+    encoding, that a model of ``config`` stores."""
+    c, e = config.hidden_dim, config.embedding_size
+    return {
+        "features": (c, e, e),
+        "high_res_0": (c // 8, 4 * e, 4 * e),
+        "high_res_1": (c // 4, 2 * e, 2 * e),
+        "pos": (1, c, e, e),
+    }
+
+
+def frame_fingerprint(frame: np.ndarray) -> int:
+    """A 64-bit hash (never 0) of a raw frame's shape, dtype and every pixel."""
+    frame = np.ascontiguousarray(frame)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{frame.shape} {frame.dtype.str}".encode())
+    digest.update(frame.reshape(-1).view(np.uint8))
+    return int.from_bytes(digest.digest(), "little") or 1
+
+
+def _checksum(parts, pos: np.ndarray) -> int:
+    value = 0
+    for array in (*parts, pos):
+        value = zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8), value)
+    return value
 
 
 class EmbeddingStore:
-    """Frame embeddings in a zarr group on disk, one chunk per frame.
+    """Frame embeddings in a zarr group on disk, one chunk per frame, each frame checked on
+    read (see the module's docstring).
 
     Open with :meth:`open` (a path that may or may not exist yet) or :meth:`temporary` (removed
-    on :meth:`close`). ``get(t)`` returns frame ``t``'s :class:`ImageEmbedding` (float32) or
-    None; ``put(t, emb)`` stores it.
+    on :meth:`close`). ``get(t, pixels=...)`` returns frame ``t``'s :class:`ImageEmbedding`
+    (float32), or None if it is not stored, was made from other pixels or is damaged;
+    ``put(t, emb, pixels)`` stores it. ``pixels`` is :func:`frame_fingerprint` of the frame.
     """
 
-    def __init__(self, group, path: Path) -> None:
+    def __init__(self, group, path: Path, writable: bool = True) -> None:
         self.group = group
         self.path = path
+        self.writable = writable
         self._finalizer = None
-        self._done = np.asarray(group["done"][:], dtype=bool)
+        self._pos: np.ndarray | None = None  # the position encoding, as stored and checked
+        self._pos_written = False  # by this object: the store's pos is the model's
+        self._warned: set[str] = set()
+        self._records = _read_records(group[RECORDS])
 
     @classmethod
-    def open(cls, path, signature: dict, num_frames: int, dtype: str = "float16") -> EmbeddingStore:
+    def open(
+        cls,
+        path,
+        signature: dict,
+        num_frames: int,
+        dtype: str = "float16",
+        layout: dict | None = None,
+    ) -> EmbeddingStore:
         """The store at ``path``: created (with ``dtype``) if it does not exist, else checked
-        against ``signature`` (:class:`EmbeddingsError` if it was made for something else)."""
-        import zarr
-
+        against ``signature`` and, when given, the ``layout`` of :func:`embedding_layout`
+        (:class:`EmbeddingsError` if it was made for something else or is damaged). A store
+        that cannot be written is opened read-only (``writable`` False)."""
         if dtype not in STORE_DTYPES:
             raise EmbeddingsError(f"embeddings dtype must be one of {STORE_DTYPES}, got {dtype!r}")
         path = Path(path)
-        if path.exists():
-            try:
-                group = zarr.open_group(str(path), mode="r+")
-                stored = dict(group.attrs)
-            except Exception as e:  # zarr raises several types for "not a zarr group"
-                raise EmbeddingsError(f"{path} is not an embeddings store: {e}") from e
-            _check_format(path, stored)
-            cls.check_signature(path, stored.get("signature", {}), signature)
-            return cls(group, path)
-        group = zarr.open_group(str(path), mode="w")
-        group.attrs.update({"format": FORMAT, "signature": signature, "dtype": dtype})
-        group.create_array("done", shape=(num_frames,), dtype="bool", fill_value=False)
-        return cls(group, path)
+        if not path.exists():
+            _create(path, signature, num_frames, dtype, layout)  # or another process did
+        writable = _writable(path)
+        group = _open_group(path, mode="r+" if writable else "r")
+        stored = dict(group.attrs)
+        _check_format(path, stored)
+        cls.check_signature(path, stored.get("signature", {}), signature)
+        check_structure(path, group, num_frames, layout)
+        return cls(group, path, writable)
 
     @classmethod
     def temporary(
-        cls, num_frames: int, dtype: str = "float16", parent=None, signature: dict | None = None
+        cls,
+        num_frames: int,
+        dtype: str = "float16",
+        parent=None,
+        signature: dict | None = None,
+        layout: dict | None = None,
     ) -> EmbeddingStore:
         """A store in a new temporary folder (under ``parent``), removed by :meth:`close` or
         when garbage-collected. Only its maker uses it, so ``signature`` is optional."""
         folder = Path(tempfile.mkdtemp(prefix="napari-sam2-embeddings-", dir=parent))
-        store = cls.open(folder / "embeddings.zarr", signature or {}, num_frames, dtype)
+        store = cls.open(folder / "embeddings.zarr", signature or {}, num_frames, dtype, layout)
         store._finalizer = weakref.finalize(store, shutil.rmtree, folder, True)
         return store
 
     @staticmethod
     def read_signature(path) -> dict:
         """The signature an existing store was made with (:class:`EmbeddingsError` if the path
-        holds no embeddings store)."""
-        import zarr
-
+        holds no embeddings store, or one of another format)."""
         path = Path(path)
-        try:
-            stored = dict(zarr.open_group(str(path), mode="r").attrs)
-        except Exception as e:  # zarr raises several types for "not a zarr group"
-            raise EmbeddingsError(f"{path} is not an embeddings store: {e}") from e
+        stored = dict(_open_group(path, mode="r").attrs)
         _check_format(path, stored)
         return dict(stored.get("signature", {}))
 
@@ -138,59 +210,121 @@ class EmbeddingStore:
         """Refuse a store made for other data, another model or another input size."""
         _check_signature(Path(path), stored, expected)
 
+    @staticmethod
+    def check(path, num_frames: int, layout: dict | None = None) -> None:
+        """Refuse (:class:`EmbeddingsError`) an existing store that is damaged or made for
+        another number of frames or ``layout``, without opening it for writing."""
+        path = Path(path)
+        group = _open_group(path, mode="r")
+        _check_format(path, dict(group.attrs))
+        check_structure(path, group, num_frames, layout)
+
+    @staticmethod
+    def can_write(path) -> bool:
+        """Whether the store at ``path`` may be written (not a read-only mount, permitted)."""
+        return _writable(Path(path))
+
     @property
     def dtype(self) -> str:
         return str(self.group.attrs["dtype"])
 
+    @property
+    def num_frames(self) -> int:
+        return len(self._records)
+
     def __contains__(self, t: int) -> bool:
-        return bool(self._done[t])
+        """Whether frame ``t`` has a record (its pixels and bytes are checked by :meth:`get`)."""
+        return bool(self._records[t, 0])
 
     @property
     def frames_done(self) -> int:
-        return int(self._done.sum())
+        return int(np.count_nonzero(self._records[:, 0]))
 
-    def get(self, t: int, device=None) -> ImageEmbedding | None:
-        if not self._done[t]:
+    def get(self, t: int, device=None, pixels: int | None = None) -> ImageEmbedding | None:
+        """Frame ``t``'s embedding, or None: not stored, made from other pixels than
+        ``pixels`` (when given), or damaged — the latter two with a warning (once each)."""
+        if not self._records[t, 0]:
             return None
-        g = self.group
+        if pixels is not None and int(self._records[t, 0]) != pixels:
+            self._drop(t, "changed", f"frame {t} of the stack changed since its embedding was "
+                       "stored (its pixels differ)")  # fmt: skip
+            return None
+        try:
+            parts = [np.asarray(self.group[name][t]) for name in FRAME_ARRAYS]
+            pos = self._stored_pos()
+        except Exception as e:  # zarr raises several types for a truncated or unreadable chunk
+            self._drop(t, "damaged", f"frame {t}'s embedding cannot be read ({type(e).__name__})")
+            return None
+        if _checksum(parts, pos) != int(self._records[t, 1]):
+            self._drop(t, "damaged", f"frame {t}'s embedding is damaged (its bytes changed, or a "
+                       "chunk was deleted)")  # fmt: skip
+            return None
 
-        def load(name, index):
-            array = torch.from_numpy(np.asarray(g[name][index])).float()
+        def tensor(array):
+            array = torch.from_numpy(np.ascontiguousarray(array)[None]).float()
             return array.to(device) if device is not None else array
 
         return ImageEmbedding(
-            load("features", slice(t, t + 1)),
-            (load("high_res_0", slice(t, t + 1)), load("high_res_1", slice(t, t + 1))),
-            load("pos", slice(0, 1)),
+            tensor(parts[0]), (tensor(parts[1]), tensor(parts[2])), tensor(pos[0])
         )
 
-    def put(self, t: int, emb: ImageEmbedding) -> None:
-        parts = {
-            "features": emb.features,
-            "high_res_0": emb.high_res[0],
-            "high_res_1": emb.high_res[1],
-        }
-        if "pos" not in self.group:
-            self._create_arrays(emb)
-        for name, tensor in parts.items():
-            self.group[name][t : t + 1] = tensor.detach().float().cpu().numpy().astype(self.dtype)
-        self.group["done"][t] = True
-        self._done[t] = True
-
-    def _create_arrays(self, emb: ImageEmbedding) -> None:
-        n = len(self._done)
-        for name, tensor in (
-            ("features", emb.features),
-            ("high_res_0", emb.high_res[0]),
-            ("high_res_1", emb.high_res[1]),
-        ):
-            shape = (n, *tensor.shape[1:])
-            self.group.create_array(
-                name, shape=shape, chunks=(1, *shape[1:]), dtype=self.dtype, compressors=None
-            )
+    def put(self, t: int, emb: ImageEmbedding, pixels: int) -> None:
+        """Store frame ``t``'s embedding, computed from a frame of fingerprint ``pixels``: the
+        arrays first, then the record that makes them count."""
+        if not self.writable:
+            raise EmbeddingsError(f"the embeddings store {self.path} is read-only")
+        parts = [
+            emb.features.detach().float().cpu().numpy().astype(self.dtype)[0],
+            emb.high_res[0].detach().float().cpu().numpy().astype(self.dtype)[0],
+            emb.high_res[1].detach().float().cpu().numpy().astype(self.dtype)[0],
+        ]
         pos = emb.pos.detach().float().cpu().numpy()
-        array = self.group.create_array("pos", shape=pos.shape, dtype="float32", compressors=None)
-        array[:] = pos
+        if FRAME_ARRAYS[0] not in self.group:  # a store made without a layout
+            _create_arrays(self.group, self.num_frames, self.dtype, _layout_of(parts, pos))
+        self._check_shapes(parts, pos)
+        if not self._pos_written:
+            try:
+                same = np.array_equal(self._stored_pos(), pos)
+            except Exception:  # a damaged chunk: rewritten
+                same = False
+            if not same:
+                self.group["pos"][:] = pos
+            self._pos, self._pos_written = pos, True
+        for name, part in zip(FRAME_ARRAYS, parts):
+            self.group[name][t] = part
+        record = np.array([pixels or 1, _checksum(parts, pos)], dtype=np.uint64)
+        self.group[RECORDS][t] = record
+        self._records[t] = record
+
+    def _stored_pos(self) -> np.ndarray:
+        if self._pos is None:
+            self._pos = np.asarray(self.group["pos"][:], dtype=np.float32)
+        return self._pos
+
+    def _check_shapes(self, parts, pos) -> None:
+        for name, part in (*zip(FRAME_ARRAYS, parts), ("pos", pos)):
+            stored = tuple(self.group[name].shape)
+            stored = stored if name == "pos" else stored[1:]
+            if stored != part.shape:
+                raise EmbeddingsError(
+                    f"the embeddings store {self.path} holds {name} of shape {stored}, this model "
+                    f"gives {part.shape}: it was made for another model or input size; give "
+                    "another store, or delete it"
+                )
+
+    def _drop(self, t: int, kind: str, what: str) -> None:
+        """Forget frame ``t``'s record here (it is computed again), warning once per kind."""
+        self._records[t] = 0
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        fate = "rewritten" if self.writable else "kept in a temporary store (this one is read-only)"
+        warnings.warn(
+            f"embeddings store {self.path}: {what}; it is computed again and {fate}. Other "
+            "frames found so are treated alike without another warning",
+            EmbeddingsWarning,
+            stacklevel=4,
+        )
 
     def close(self) -> None:
         """Remove a temporary store's files (a store at a path of the user's stays)."""
@@ -198,12 +332,150 @@ class EmbeddingStore:
             self._finalizer()
 
 
+def _open_group(path: Path, mode: str):
+    import zarr
+
+    if not path.is_dir():
+        raise EmbeddingsError(f"{path} is not an embeddings store (a folder); give another path")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except Exception as e:  # zarr raises several types for "not a zarr group"
+        raise EmbeddingsError(f"{path} is not an embeddings store: {e}") from e
+
+
+def _writable(path: Path) -> bool:
+    """Whether the store's folders may be written (false on a read-only mount, or without
+    permission): those where chunks and records go."""
+    folders = [path] + [path / n for n in (*FRAME_ARRAYS, "pos", RECORDS)]
+    folders += [f / "c" for f in folders[1:]]
+    return all(os.access(f, os.W_OK | os.X_OK) for f in folders if f.is_dir())
+
+
+def _create(path: Path, signature: dict, num_frames: int, dtype: str, layout) -> None:
+    """Make a new store at ``path``: built beside it under a temporary name and renamed into
+    place, so that a reader (or a second maker) sees a whole store or none. If another process
+    made it first, its store stays and this one is discarded."""
+    import zarr
+
+    building = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+    try:
+        group = zarr.open_group(str(building), mode="w-")
+        group.attrs.update({"format": FORMAT, "signature": signature, "dtype": dtype})
+        group.create_array(
+            RECORDS, shape=(num_frames, 2), chunks=(1, 2), dtype="uint64", fill_value=0,
+            compressors=None,
+        )  # fmt: skip
+        if layout is not None:
+            _create_arrays(group, num_frames, dtype, layout)
+        try:
+            os.rename(building, path)
+        except OSError:
+            if not (path.is_dir() and any(path.iterdir())):
+                raise  # not "another process was first"
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+def _create_arrays(group, num_frames: int, dtype: str, layout: dict) -> None:
+    import zarr
+
+    for name in (*FRAME_ARRAYS, "pos"):
+        shape = tuple(layout[name]) if name == "pos" else (num_frames, *layout[name])
+        chunks = shape if name == "pos" else (1, *layout[name])
+        try:
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype="float32" if name == "pos" else dtype,
+                fill_value=0, compressors=None,
+            )  # fmt: skip
+        except zarr.errors.ContainsArrayError:
+            pass  # made meanwhile by another process sharing the store: checked on use
+
+
+def _layout_of(parts, pos) -> dict:
+    return {**{n: p.shape for n, p in zip(FRAME_ARRAYS, parts)}, "pos": pos.shape}
+
+
+def _read_records(array) -> np.ndarray:
+    """The per-frame records; one that cannot be read counts as not stored."""
+    try:
+        return np.array(array[:], dtype=np.uint64)
+    except Exception:  # a truncated chunk: read the others one by one
+        records = np.zeros(array.shape, dtype=np.uint64)
+        for t in range(array.shape[0]):
+            try:
+                records[t] = array[t]
+            except Exception:
+                pass
+        return records
+
+
+def _damaged(path: Path, problem: str) -> EmbeddingsError:
+    return EmbeddingsError(
+        f"the embeddings store {path} is damaged: {problem}. Delete it (its frames are computed "
+        "again) or give another path"
+    )
+
+
+def check_structure(path: Path, group, num_frames: int, layout: dict | None = None) -> None:
+    """Refuse a store whose arrays are missing, of the wrong shape or dtype, or made for
+    another number of frames."""
+    dtype = group.attrs.get("dtype")
+    if dtype not in STORE_DTYPES:
+        raise _damaged(path, f"its dtype {dtype!r} is none of {STORE_DTYPES}")
+
+    def array(name):
+        try:
+            return group[name] if name in group else None
+        except Exception as e:  # unreadable metadata
+            raise _damaged(path, f"its {name!r} array cannot be read ({e})") from e
+
+    records = array(RECORDS)
+    if records is None:
+        raise _damaged(path, f"its per-frame records (the {RECORDS!r} array) are missing")
+    if tuple(records.shape) != (num_frames, 2) or records.dtype != np.uint64:
+        raise _damaged(
+            path, f"its per-frame records have shape {tuple(records.shape)}, dtype "
+            f"{records.dtype}; a store of this stack has ({num_frames}, 2), uint64"
+        )  # fmt: skip
+    names = (*FRAME_ARRAYS, "pos")
+    arrays = {name: array(name) for name in names}
+    present = [n for n in names if arrays[n] is not None]
+    if not present:
+        if np.count_nonzero(_read_records(records)[:, 0]):
+            raise _damaged(path, "it records frames but holds no embedding arrays")
+        return
+    missing = [n for n in names if arrays[n] is None]
+    if missing:
+        raise _damaged(path, f"its array(s) {missing} are missing")
+    for name in names:
+        a = arrays[name]
+        shape, want_dtype = tuple(a.shape), ("float32" if name == "pos" else dtype)
+        frame_shape = shape if name == "pos" else shape[1:]
+        problems = []
+        if name != "pos" and (shape[:1] != (num_frames,) or tuple(a.chunks)[0] != 1):
+            problems.append(f"shape {shape} and chunks {tuple(a.chunks)}, not {num_frames} "
+                            "frames of one chunk each")  # fmt: skip
+        if layout is not None and frame_shape != tuple(layout[name]):
+            problems.append(f"frames of shape {frame_shape}, this model's are {layout[name]}")
+        if a.dtype != np.dtype(want_dtype):
+            problems.append(f"dtype {a.dtype}, not {want_dtype}")
+        if problems:
+            raise _damaged(path, f"its {name!r} array has " + " and ".join(problems))
+
+
 def _check_format(path: Path, attrs: dict) -> None:
-    if attrs.get("format") != FORMAT:
+    found = attrs.get("format")
+    if found == FORMAT:
+        return
+    if isinstance(found, str) and found.startswith("napari-sam2 embeddings "):
         raise EmbeddingsError(
-            f"{path} is not a napari-sam2 embeddings store (no {FORMAT!r} format mark); give "
-            "another path, or delete it"
+            f"{path} is an embeddings store of an older format ({found!r}, without the per-frame "
+            f"checks of {FORMAT!r}); delete it and embed again, or give another path"
         )
+    raise EmbeddingsError(
+        f"{path} is not a napari-sam2 embeddings store (no {FORMAT!r} format mark); give "
+        "another path, or delete it"
+    )
 
 
 def _check_signature(path: Path, stored: dict, expected: dict) -> None:
@@ -242,48 +514,8 @@ def store_for(embeddings, dtype: str, parent, source, model: SAM2Model) -> Embed
         return None
     if isinstance(embeddings, EmbeddingStore):
         return embeddings
+    layout = embedding_layout(model.config)
     if embeddings is None:
-        return EmbeddingStore.temporary(len(source), dtype, parent=parent)
+        return EmbeddingStore.temporary(len(source), dtype, parent=parent, layout=layout)
     signature = {**data_signature(source), **model_signature(model)}
-    return EmbeddingStore.open(embeddings, signature, len(source), dtype)
-
-
-class FrameEmbeddings:
-    """The tracker's embeddings: the last ``ram_frames`` in RAM (as computed), every frame
-    computed in ``store`` (if any). ``get(t, compute)`` returns frame ``t``'s embedding,
-    calling ``compute(t)`` only for a frame never seen."""
-
-    def __init__(self, ram_frames: int = 2, store: EmbeddingStore | None = None) -> None:
-        self.ram_frames = max(1, ram_frames)
-        self.store = store
-        self._ram: OrderedDict[int, ImageEmbedding] = OrderedDict()
-        self.computed = 0  # frames encoded (for tests and diagnostics)
-
-    def __len__(self) -> int:
-        return len(self._ram)
-
-    def known(self, t: int) -> bool:
-        return t in self._ram or (self.store is not None and t in self.store)
-
-    def get(self, t: int, compute: Callable[[int], ImageEmbedding], device=None) -> ImageEmbedding:
-        emb = self._ram.get(t)
-        if emb is None and self.store is not None:
-            emb = self.store.get(t, device)
-        if emb is None:
-            emb = compute(t)
-            self.computed += 1
-            if self.store is not None:
-                self.store.put(t, emb)
-        self._ram[t] = emb
-        self._ram.move_to_end(t)
-        while len(self._ram) > self.ram_frames:
-            self._ram.popitem(last=False)
-        return emb
-
-    def clear_ram(self) -> None:
-        self._ram.clear()
-
-    def close(self) -> None:
-        self._ram.clear()
-        if self.store is not None:
-            self.store.close()
+    return EmbeddingStore.open(embeddings, signature, len(source), dtype, layout)

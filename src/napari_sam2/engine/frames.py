@@ -122,15 +122,19 @@ class FrameSource:
 
     def prepare(self, t: int) -> torch.Tensor:
         """Frame ``t`` as the model's (1, 3, S, S) input."""
-        return self._checked(
-            t,
-            lambda frame, channel: prepare_video_frame(
-                frame,
-                image_size=self.image_size,
-                channel=channel,
-                window=self.window,
-                percentiles=self.percentiles,
-            ),
+        return self._checked(t, self._to_input)
+
+    def prepare_with_frame(self, t: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Frame ``t`` as the model's input, and the raw frame it was made from (one read)."""
+        return self._checked(t, lambda frame, channel: (self._to_input(frame, channel), frame))
+
+    def _to_input(self, frame: np.ndarray, channel: int) -> torch.Tensor:
+        return prepare_video_frame(
+            frame,
+            image_size=self.image_size,
+            channel=channel,
+            window=self.window,
+            percentiles=self.percentiles,
         )
 
     def _checked(self, t: int, step):

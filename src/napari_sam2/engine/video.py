@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
-from .embeddings import EmbeddingStore, FrameEmbeddings, store_for
+from .embeddings import EmbeddingStore, embedding_layout, frame_fingerprint, store_for
+from .frame_embeddings import FrameEmbeddings
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .plan import DIRECTIONS, frames_in, plan_passes
@@ -54,9 +55,11 @@ class VideoTracker:
     Frame embeddings are computed once (see :mod:`.embeddings`): the last ``feature_cache``
     frames stay in RAM as computed, and every frame goes to ``embeddings``: a zarr store at
     that path, kept after the tracker is closed and reused by the next tracker of the same stack
-    and model (one made for anything else is refused); None (default) for a temporary store
-    removed on :meth:`close` (beside ``spill_dir``); False for none. ``embeddings_dtype``:
-    "float16" (half the disk, results within a mask IoU of 0.999) or "float32" (exact).
+    and model (one made for anything else, or damaged, is refused; each frame read from it is
+    checked against the frame's pixels and is encoded again if they changed); None (default)
+    for a temporary store removed on :meth:`close` (beside ``spill_dir``); False for none.
+    ``embeddings_dtype``: "float16" (half the disk, results within a mask IoU of 0.999) or
+    "float32" (exact).
 
     Objects are computed ``object_batch`` at a time (objects whose memories have the same size
     share a batch; default: 16 on a GPU, 1 on the CPU, where batches are no faster): peak memory
@@ -89,9 +92,14 @@ class VideoTracker:
             window=window,
             percentiles=percentiles,
         )
-        self._prefetch = Prefetcher(self.source.prepare)
+        self._prefetch = Prefetcher(self._prepare)  # (input, fingerprint): the frame read once
         self._embeddings = FrameEmbeddings(
-            feature_cache, store_for(embeddings, embeddings_dtype, spill_dir, self.source, model)
+            feature_cache,
+            store_for(embeddings, embeddings_dtype, spill_dir, self.source, model),
+            fingerprint=lambda t: frame_fingerprint(self.source.read(t)),
+            spare=lambda: EmbeddingStore.temporary(
+                len(self.source), embeddings_dtype, spill_dir, layout=embedding_layout(cfg)
+            ),
         )
         if object_batch is None:
             object_batch = 1 if model.device.type == "cpu" else GPU_OBJECT_BATCH
@@ -510,8 +518,13 @@ class VideoTracker:
     def _embedding(self, frame: int) -> ImageEmbedding:
         return self._embeddings.get(frame, self._encode, self.model.device)
 
-    def _encode(self, frame: int) -> ImageEmbedding:
-        return self.model.encode_image(self._prefetch.get(frame).to(self.model.device))
+    def _prepare(self, frame: int) -> tuple[torch.Tensor, int]:
+        x, raw = self.source.prepare_with_frame(frame)
+        return x, frame_fingerprint(raw)
+
+    def _encode(self, frame: int) -> tuple[ImageEmbedding, int]:
+        x, pixels = self._prefetch.get(frame)
+        return self.model.encode_image(x.to(self.model.device)), pixels
 
     @property
     def embeddings(self) -> EmbeddingStore | None:
