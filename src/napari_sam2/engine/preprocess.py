@@ -147,6 +147,28 @@ class IntensityWindow:
         return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
+def as_window(window) -> IntensityWindow | None:
+    """``window`` as an :class:`IntensityWindow`: None, an IntensityWindow, or a pair of numbers
+    ``(low, high)`` (e.g. ``(0, 100)`` for a uint16 image whose objects lie in counts 0..100).
+
+    Raises TypeError for anything else, ValueError (from IntensityWindow) for a pair that is not
+    finite and increasing."""
+    if window is None or isinstance(window, IntensityWindow):
+        return window
+    pair = None
+    if not isinstance(window, (str, bytes)) and hasattr(window, "__len__") and len(window) == 2:
+        pair = tuple(window)
+    if pair is None or not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        for v in pair
+    ):
+        raise TypeError(
+            f"window must be an IntensityWindow or a pair of numbers (low, high), got "
+            f"{window!r} ({type(window).__name__})"
+        )
+    return IntensityWindow(float(pair[0]), float(pair[1]))
+
+
 def _beyond_float64(values: np.ndarray) -> bool:
     """Whether integer ``values`` hold a magnitude float64 cannot represent exactly."""
     return values.dtype.itemsize == 8 and (
@@ -167,7 +189,7 @@ def to_rgb_unit(
     frame: np.ndarray,
     *,
     channel: int = 0,
-    window: IntensityWindow | None = None,
+    window: IntensityWindow | tuple[float, float] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
 ) -> np.ndarray:
     """Map one 2-D frame to an RGB image with values in [0, 1].
@@ -183,10 +205,11 @@ def to_rgb_unit(
         - uint8: divided by 255, exactly the official path (torchvision ``ToTensor``). ``window``
           and ``percentiles`` are not used.
         - bool: False → 0, True → 1.
-        - any other integer or float dtype: mapped through ``window`` (see
-          :class:`IntensityWindow`); when ``window`` is None it is computed from this frame (the
-          selected channels) with ``percentiles``. RGB channels share one window, which keeps
-          their balance. For stacks, pass one window computed over the whole stack.
+        - any other integer or float dtype: mapped through ``window`` (an
+          :class:`IntensityWindow` or a pair ``(low, high)``); when ``window`` is None it is
+          computed from this frame (the selected channels) with ``percentiles``. RGB channels
+          share one window, which keeps their balance. For stacks, pass one window computed
+          over the whole stack.
 
     Returns:
         (H, W, 3) float32 array in [0, 1].
@@ -195,6 +218,7 @@ def to_rgb_unit(
         ValueError: wrong number of dimensions, an empty frame or one below 8x8 pixels, an
             out-of-range ``channel``, complex or non-numeric data, or NaN/inf values.
     """
+    window = as_window(window)
     image = select_channels(frame, channel)  # (H, W) gray or (H, W, 3) RGB
 
     if image.dtype == np.uint8:
