@@ -5,6 +5,9 @@ handled exactly."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from conftest import moving_disc
@@ -242,3 +245,70 @@ def test_amg_bad_windows(mini_model, window, error, match):
     gen = ns.AutomaticMaskGenerator(mini_model, points_per_side=2)
     with pytest.raises(error, match=match):
         gen.generate(np.zeros((16, 16), np.uint16), window=window)
+
+
+# ------------------------------------------------------------------------ OME-Zarr metadata
+def ome_zarr_image(path, axes=("z", "y", "x"), scale=(1.0, 0.5, 0.5), units=None):
+    """An NGFF 0.4 image of 4 frames, its metadata written as given (good or bad)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", data=moving_disc(4))
+    entries = []
+    for i, name in enumerate(axes):
+        entry = {"name": name, "type": "space"}
+        if units and units[i]:
+            entry["unit"] = units[i]
+        entries.append(entry)
+    transform = {"type": "scale", "scale": list(scale)}
+    dataset = {"path": "0", "coordinateTransformations": [transform]}
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": entries, "datasets": [dataset]}]
+    return path
+
+
+@pytest.mark.usefixtures("cli_env")
+@refused
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"scale": (float("nan"), 0.5, 0.5)}, "pixel sizes must be finite numbers > 0, not nan"),
+        ({"scale": (1.0, 0.0, 0.5)}, "pixel sizes must be finite numbers > 0, not 0.0"),
+        ({"scale": (1.0, 0.5, -0.5)}, "pixel sizes must be finite numbers > 0, not -0.5"),
+        ({"scale": (1.0, "0.5", 0.5)}, "pixel sizes must be finite numbers > 0, not '0.5'"),
+        ({"scale": (0.5, 0.5)}, "has 2 values ([0.5, 0.5]) for 3 axes"),
+        ({"scale": (1.0, 0.5, 0.5, 0.5)}, "has 4 values"),
+        ({"axes": ("z", "y", "y")}, "name 'y' more than once"),
+    ],
+)
+def test_ome_zarr_metadata_no_output_could_carry(tmp_path, capsys, metadata, match):
+    from test_cli_inputs import NO_MODEL, refuses
+
+    image = ome_zarr_image(tmp_path / "cells.ome.zarr", **metadata)
+    (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,15,20,1\n")
+    with pytest.raises(ns.io.InputError, match=re.escape(match)):
+        ns.io.open_stack(image)
+    argv = ["segment", image, "-p", "p.csv", "-o", "out.ome.zarr", *NO_MODEL]
+    err = refuses(argv, capsys, tmp_path, match)
+    assert "cells.ome.zarr" in err
+
+
+@pytest.mark.usefixtures("cli_env")
+@handled
+def test_ome_zarr_unit_pixel_is_dropped_with_a_warning(random_tiny_checkpoint, tmp_path, capsys):
+    from test_cli_inputs import run
+
+    image = ome_zarr_image(tmp_path / "cells.ome.zarr", units=("pixel", "micrometer", "um"))
+    with pytest.warns(UserWarning, match=r"axis 'z' has the unit 'pixel', which is not an NGFF"):
+        stack = ns.io.open_stack(image)
+    assert stack.geometry.units == (None, "micrometer", "um")
+    stack.close()
+    (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,15,20,1\n")
+    argv = ["segment", image, "-p", "p.csv", "-o", "out.ome.zarr"]
+    argv += ["--checkpoint", random_tiny_checkpoint, "--image-size", "128", "--quiet"]
+    with pytest.warns(UserWarning, match=r"'pixel', which is not an NGFF unit"):
+        code, err = run(argv, capsys)
+    assert code == 0, err
+    text = (tmp_path / "out.ome.zarr" / "sam2" / "zarr.json").read_text()
+    meta = json.loads(text)["attributes"]["ome"]["multiscales"][0]
+    assert [a.get("unit") for a in meta["axes"]] == [None, "micrometer", "micrometer"]
+    assert meta["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
