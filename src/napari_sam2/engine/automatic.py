@@ -30,7 +30,6 @@ knowing, and are kept internally (they decide which boxes suppress which):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,13 +40,14 @@ from numpy.typing import DTypeLike
 
 from ..model import SAM2Model
 from ..model.mask_decoder import select_masks
+from .automatic_options import OptionTypeError, check_options, grid_sides
 from .mask_ops import (
     Crop,
     batched_nms,
     crop_boxes,
     fill_small_regions,
-    layer_point_grids,
     mask_boxes,
+    point_grid,
     stability_score,
     touches_inner_crop_edge,
 )
@@ -214,6 +214,9 @@ class AutomaticMaskGenerator:
             crop_overlap_ratio=crop_overlap_ratio,
             crop_n_points_downscale_factor=crop_n_points_downscale_factor,
             min_mask_region_area=min_mask_region_area,
+            multimask_output=multimask_output,
+            use_m2m=use_m2m,
+            channel=channel,
         )
         self.model = model
         self.points_per_side = points_per_side
@@ -232,9 +235,15 @@ class AutomaticMaskGenerator:
         self.use_m2m = bool(use_m2m)
         self.channel = channel
         self.percentiles = percentiles
-        self.point_grids = layer_point_grids(
-            points_per_side, crop_n_layers, crop_n_points_downscale_factor
+        # Points per side of each crop layer; a layer's grid is built when its crop is reached.
+        self._grid_sides = list(
+            grid_sides(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         )
+
+    @property
+    def point_grids(self) -> list[np.ndarray]:
+        """Each crop layer's (n², 2) grid of clicks (x, y) in [0, 1], as official."""
+        return [point_grid(n) for n in self._grid_sides]
 
     @torch.inference_mode()
     def generate(
@@ -255,6 +264,11 @@ class AutomaticMaskGenerator:
         with crop layers, masks from smaller crops first, each crop's masks by decreasing
         predicted IoU (ties keep the order of the clicks, row by row, and of the hypotheses).
         """
+        if progress is not None and not callable(progress):
+            raise OptionTypeError(
+                f"progress must be a function progress(done, total) or None, got {progress!r} "
+                f"({type(progress).__name__})"
+            )
         image = np.asarray(image)
         if image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(
@@ -268,7 +282,7 @@ class AutomaticMaskGenerator:
             )
         rgb = to_rgb_unit(image, channel=self.channel, window=window, percentiles=self.percentiles)
         crops = crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
-        total = sum(len(self.point_grids[c.layer]) for c in crops)
+        total = sum(self._grid_sides[c.layer] ** 2 for c in crops)
         counter = _Progress(progress, total)
         counter.advance(0)
 
@@ -299,7 +313,8 @@ class AutomaticMaskGenerator:
         high_res = embedding.high_res
 
         # Clicks in crop pixels (x, y), float64 like the official generator.
-        points = torch.from_numpy(self.point_grids[crop.layer] * np.array(crop_hw[::-1]))
+        grid = point_grid(self._grid_sides[crop.layer])
+        points = torch.from_numpy(grid * np.array(crop_hw[::-1]))
         parts = []
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
@@ -483,59 +498,3 @@ def masks_to_labels(
         r0, c0, r1, c1 = records[i].box
         labels[r0:r1, c0:c1][records[i].box_mask] = start + i
     return labels
-
-
-def check_options(
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.8,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    mask_threshold: float = 0.0,
-    box_nms_thresh: float = 0.7,
-    crop_n_layers: int = 0,
-    crop_nms_thresh: float = 0.7,
-    crop_overlap_ratio: float = 512 / 1500,
-    crop_n_points_downscale_factor: int = 1,
-    min_mask_region_area: int = 0,
-) -> None:
-    """Raise ValueError, naming the parameter and its allowed range, for an option of
-    :class:`AutomaticMaskGenerator` that cannot work (checked without a model)."""
-    _check_int("points_per_side", points_per_side, 1)
-    _check_int("points_per_batch", points_per_batch, 1)
-    _check_int("crop_n_layers", crop_n_layers, 0)
-    _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
-    _check_int("min_mask_region_area", min_mask_region_area, 0)
-    _check_unit("pred_iou_thresh", pred_iou_thresh, low_open=False)
-    _check_unit("stability_score_thresh", stability_score_thresh, low_open=False)
-    _check_unit("box_nms_thresh", box_nms_thresh, low_open=True)
-    _check_unit("crop_nms_thresh", crop_nms_thresh, low_open=True)
-    if not 0.0 <= crop_overlap_ratio < 1.0:
-        raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
-    if not (math.isfinite(stability_score_offset) and stability_score_offset >= 0):
-        raise ValueError(
-            f"stability_score_offset must be a finite number >= 0, got {stability_score_offset}"
-        )
-    if not math.isfinite(mask_threshold):
-        raise ValueError(f"mask_threshold must be a finite number, got {mask_threshold}")
-    # The official grid of layer i has int(points_per_side / factor**i) points per side.
-    deepest = int(points_per_side / crop_n_points_downscale_factor**crop_n_layers)
-    if deepest < 1:
-        raise ValueError(
-            f"crop_n_points_downscale_factor={crop_n_points_downscale_factor} leaves no point "
-            f"in crop layer {crop_n_layers} (points_per_side={points_per_side}); it must be "
-            f"at most points_per_side ** (1 / crop_n_layers)"
-        )
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_unit(name: str, value, low_open: bool) -> None:
-    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-    ok = ok and (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0)
-    if not ok:
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")

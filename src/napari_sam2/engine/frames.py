@@ -13,6 +13,7 @@ import torch
 from .preprocess import (
     DEFAULT_PERCENTILES,
     IntensityWindow,
+    as_window,
     check_frame_layout,
     prepare_video_frame,
     select_channels,
@@ -76,6 +77,7 @@ class FrameSource:
         self.channel = channel
         self.percentiles = percentiles
         self.reads = 0  # frames read so far (for tests and diagnostics)
+        window = as_window(window)  # a (low, high) pair is a window too
         if window is None and dtype not in (np.uint8, np.bool_):
             # On what SAM 2 will see: the chosen channel of multichannel data, not all of them.
             picks = np.unique(np.linspace(0, len(self) - 1, _WINDOW_SAMPLE_FRAMES).astype(int))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,13 @@ import torch.nn.functional as F
 from ..model import SAM2Model
 from ..model.mask_decoder import select_masks
 from ..model.sam2 import ImageEmbedding
-from .preprocess import DEFAULT_PERCENTILES, IntensityWindow, prepare_image
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    LARGE_IMAGE_PIXELS,
+    IntensityWindow,
+    prepare_image,
+    prepare_large_image,
+)
 from .prompts import Prompt, PromptError, to_model_points
 
 LOGIT_CLAMP = 32.0  # low-res logits are returned clamped, ready to be fed back as mask_input
@@ -75,9 +82,19 @@ class ImagePredictor:
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray, *, window: IntensityWindow | None = None) -> None:
-        """Embed ``image``: (H, W) or (H, W, C), any numeric dtype."""
-        image = np.asarray(image)
-        x = prepare_image(
+        """Embed ``image``: (H, W) or (H, W, C), any numeric dtype; numpy or lazy (dask, zarr,
+        a memmap). Images above :data:`~napari_sam2.engine.preprocess.LARGE_IMAGE_PIXELS`
+        (4096²) are read in strips and reduced by block means before the resize, so memory
+        stays bounded (:func:`~napari_sam2.engine.preprocess.prepare_large_image`); smaller
+        ones follow the official path exactly."""
+        if not (hasattr(image, "shape") and hasattr(image, "dtype") and len(image.shape) >= 2):
+            image = np.asarray(image)
+        prepare = prepare_image
+        if math.prod(image.shape[:2]) > LARGE_IMAGE_PIXELS:
+            prepare = prepare_large_image
+        else:
+            image = np.asarray(image)
+        x = prepare(
             image,
             image_size=self.model.config.image_size,
             channel=self.channel,

@@ -39,6 +39,10 @@ MIN_SIDE = 8  # smaller frames are almost always a channel axis taken for a spat
 _EXACT_IN_FLOAT64 = 2**53
 # Interpolating between floats beyond this (b - a) can overflow float64.
 _HUGE_FLOAT = 1e300
+# Images with more pixels than this (4096², 16.7 MP) are reduced in strips before they become
+# floats (prepare_large_image): the exact path needs about 30 bytes per pixel at once.
+LARGE_IMAGE_PIXELS = 4096 * 4096
+_STRIP_PIXELS = 1 << 19  # pixels read and converted at a time on the large-image path
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -147,6 +151,28 @@ class IntensityWindow:
         return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
+def as_window(window) -> IntensityWindow | None:
+    """``window`` as an :class:`IntensityWindow`: None, an IntensityWindow, or a pair of numbers
+    ``(low, high)`` (e.g. ``(0, 100)`` for a uint16 image whose objects lie in counts 0..100).
+
+    Raises TypeError for anything else, ValueError (from IntensityWindow) for a pair that is not
+    finite and increasing."""
+    if window is None or isinstance(window, IntensityWindow):
+        return window
+    pair = None
+    if not isinstance(window, (str, bytes)) and hasattr(window, "__len__") and len(window) == 2:
+        pair = tuple(window)
+    if pair is None or not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        for v in pair
+    ):
+        raise TypeError(
+            f"window must be an IntensityWindow or a pair of numbers (low, high), got "
+            f"{window!r} ({type(window).__name__})"
+        )
+    return IntensityWindow(float(pair[0]), float(pair[1]))
+
+
 def _beyond_float64(values: np.ndarray) -> bool:
     """Whether integer ``values`` hold a magnitude float64 cannot represent exactly."""
     return values.dtype.itemsize == 8 and (
@@ -167,7 +193,7 @@ def to_rgb_unit(
     frame: np.ndarray,
     *,
     channel: int = 0,
-    window: IntensityWindow | None = None,
+    window: IntensityWindow | tuple[float, float] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
 ) -> np.ndarray:
     """Map one 2-D frame to an RGB image with values in [0, 1].
@@ -183,10 +209,11 @@ def to_rgb_unit(
         - uint8: divided by 255, exactly the official path (torchvision ``ToTensor``). ``window``
           and ``percentiles`` are not used.
         - bool: False → 0, True → 1.
-        - any other integer or float dtype: mapped through ``window`` (see
-          :class:`IntensityWindow`); when ``window`` is None it is computed from this frame (the
-          selected channels) with ``percentiles``. RGB channels share one window, which keeps
-          their balance. For stacks, pass one window computed over the whole stack.
+        - any other integer or float dtype: mapped through ``window`` (an
+          :class:`IntensityWindow` or a pair ``(low, high)``); when ``window`` is None it is
+          computed from this frame (the selected channels) with ``percentiles``. RGB channels
+          share one window, which keeps their balance. For stacks, pass one window computed
+          over the whole stack.
 
     Returns:
         (H, W, 3) float32 array in [0, 1].
@@ -195,6 +222,7 @@ def to_rgb_unit(
         ValueError: wrong number of dimensions, an empty frame or one below 8x8 pixels, an
             out-of-range ``channel``, complex or non-numeric data, or NaN/inf values.
     """
+    window = as_window(window)
     image = select_channels(frame, channel)  # (H, W) gray or (H, W, 3) RGB
 
     if image.dtype == np.uint8:
@@ -250,6 +278,66 @@ def prepare_image(
     """One frame → SAM 2's (1, 3, S, S) input: :func:`to_rgb_unit` then :func:`to_model_input`."""
     rgb = to_rgb_unit(frame, channel=channel, window=window, percentiles=percentiles)
     return to_model_input(rgb, image_size=image_size)
+
+
+def prepare_large_image(
+    image,
+    *,
+    image_size: int = 1024,
+    channel: int = 0,
+    window: IntensityWindow | tuple[float, float] | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> torch.Tensor:
+    """:func:`prepare_image` for images above :data:`LARGE_IMAGE_PIXELS`, in bounded memory.
+
+    ``image`` may be lazy (dask, zarr, a memmap): it is read in strips of rows, each strip mapped
+    to [0, 1] and averaged over ``k x k`` blocks (partial blocks at the edges are averaged over
+    what they hold, so the field of view is the whole image), with ``k`` chosen to leave at
+    least twice the model's input per side; the reduced image then takes the ordinary resize.
+    Without ``window`` the percentiles come from an evenly strided sample of about a million
+    pixels. Memory: a strip of about :data:`_STRIP_PIXELS` pixels and the reduced image (at most
+    three times the model's input per side), never the whole image. The result is close to,
+    not identical with, :func:`prepare_image`."""
+    shape, dtype = tuple(int(n) for n in image.shape), np.dtype(image.dtype)
+    check_frame_layout(shape, dtype, channel)
+    window = as_window(window)
+    height, width = shape[:2]
+    k = max(1, max(height, width) // (2 * image_size))
+    if window is None and dtype not in (np.uint8, np.bool_):
+        step = max(1, math.isqrt(height * width // 1_000_000))
+        sample = _select_channels(np.asarray(image[::step, ::step]), channel)
+        _check_finite(sample)
+        window = IntensityWindow.from_percentiles(sample, percentiles)
+    rows_per_strip = k * max(1, _STRIP_PIXELS // (width * k))
+    col_starts = np.arange(0, width, k)
+    col_counts = np.diff(np.append(col_starts, width)).astype(np.float32)
+    n_channels = 3 if len(shape) == 3 and shape[2] in (3, 4) else 1
+    reduced = np.empty((-(-height // k), len(col_starts), n_channels), np.float32)
+    for r0 in range(0, height, rows_per_strip):
+        strip = _select_channels(np.asarray(image[r0 : r0 + rows_per_strip]), channel)
+        _check_finite(strip)
+        if strip.dtype == np.uint8:
+            unit = strip.astype(np.float32) / np.float32(255.0)
+        elif strip.dtype == np.bool_:
+            unit = strip.astype(np.float32)
+        else:
+            unit = window.apply(strip)
+        unit = unit.reshape(len(unit), width, n_channels)
+        row_starts = np.arange(0, len(unit), k)
+        row_counts = np.diff(np.append(row_starts, len(unit))).astype(np.float32)
+        block = np.add.reduceat(np.add.reduceat(unit, row_starts, axis=0), col_starts, axis=1)
+        block /= row_counts[:, None, None] * col_counts[None, :, None]
+        reduced[r0 // k : r0 // k + len(block)] = block
+    rgb = torch.from_numpy(reduced).expand(-1, -1, 3)  # gray: three views of one channel
+    return to_model_input(rgb, image_size=image_size)
+
+
+def _check_finite(values: np.ndarray) -> None:
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise ValueError(
+            "the image contains NaN or infinite values; replace them first, e.g. with "
+            "np.nan_to_num(image, nan=..., posinf=..., neginf=...)"
+        )
 
 
 def prepare_video_frame(

@@ -181,7 +181,15 @@ def label_ids(
         if not present:
             raise PromptError("the labels are empty: no pixel holds an object id > 0")
         return lab, present
-    wanted = [int(i) for i in obj_ids]
+    if isinstance(obj_ids, (str, bytes)) or not hasattr(obj_ids, "__iter__"):
+        raise PromptError(
+            f"obj_ids must be a list of object ids (positive integers), e.g. [3], got "
+            f"{_shorten(obj_ids)}"
+        )
+    try:
+        wanted = [check_obj_id(i) for i in obj_ids]
+    except PromptError as e:
+        raise PromptError(f"obj_ids: {e}") from None
     missing = sorted(set(wanted) - set(present))
     if missing and not allow_absent:
         raise PromptError(
@@ -228,7 +236,8 @@ MAX_OBJ_ID = int(np.iinfo(np.uint64).max)  # the largest value any label dtype h
 def check_obj_id(obj_id) -> int:
     if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
         raise PromptError(
-            f"object ids are positive integers (they become label values), got {obj_id!r}"
+            "object ids are positive integers (int or numpy integer, not bool or float: they "
+            f"become label values), got {obj_id!r} ({type(obj_id).__name__})"
         )
     if obj_id > MAX_OBJ_ID:
         raise PromptError(

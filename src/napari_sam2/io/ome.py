@@ -4,8 +4,12 @@ other viewers put the labels exactly over the image."""
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass
+
+from .errors import InputError
 
 LABEL_NAME = "sam2"
 
@@ -46,23 +50,71 @@ def multiscales(attrs: dict) -> list | None:
 
 def zarr_geometry(group) -> tuple[str, Geometry]:
     """The path of the finest level of an OME-Zarr image group and its geometry (axes, scale of
-    that level, units)."""
+    that level, units).
+
+    Metadata that no output could carry are refused with :class:`InputError`: an axis named
+    twice, a scale list whose length is not the number of axes, a scale that is not a finite
+    number > 0 (NaN would make the labels' metadata invalid JSON). A unit NGFF does not know
+    (e.g. "pixel") is dropped with a warning: the labels keep the scale without a unit."""
     ms = multiscales(dict(group.attrs))[0]
     dataset = ms["datasets"][0]
     axes = ms.get("axes") or []
-    names = "".join((a["name"] if isinstance(a, dict) else str(a))[:1].lower() for a in axes)
+    labels = [str(a["name"] if isinstance(a, dict) else a) for a in axes]
+    names = "".join(name[:1].lower() for name in labels)
+    repeated = sorted({a for a in names if names.count(a) > 1})
+    if repeated:
+        raise InputError(
+            f"the OME-Zarr axes {labels} name {', '.join(map(repr, repeated))} more than once; "
+            "each axis must have its own name (e.g. t, c, z, y, x): fix the metadata "
+            "(.zattrs or zarr.json)"
+        )
     ndim = len(names) or group[dataset["path"]].ndim
     scale = [1.0] * ndim
-    for transforms in (
-        ms.get("coordinateTransformations", []),
-        dataset.get("coordinateTransformations", []),
+    for where, transforms in (
+        ("multiscales", ms.get("coordinateTransformations") or []),
+        (f"dataset {dataset['path']!r}", dataset.get("coordinateTransformations") or []),
     ):
         for t in transforms:
-            if t.get("type") == "scale":
-                scale = [a * float(b) for a, b in zip(scale, t["scale"])]
-    units = tuple((a.get("unit") if isinstance(a, dict) else None) for a in axes) or (None,) * ndim
+            if isinstance(t, dict) and t.get("type") == "scale":
+                scale = [a * b for a, b in zip(scale, _scale(t.get("scale"), ndim, where))]
+    units = tuple(_unit(a) for a in axes) or (None,) * ndim
     geometry = Geometry(names or unknown(ndim).axes, tuple(scale), units)
     return dataset["path"], geometry
+
+
+def _scale(values, ndim: int, where: str) -> list[float]:
+    """A scale transformation's values, checked: one finite number > 0 per axis."""
+    if not isinstance(values, (list, tuple)) or len(values) != ndim:
+        n = len(values) if isinstance(values, (list, tuple)) else "no"
+        raise InputError(
+            f"the OME-Zarr scale of {where} has {n} values ({values!r}) for {ndim} axes; it "
+            "needs one pixel size per axis: fix the metadata (.zattrs or zarr.json)"
+        )
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    bad = bad or [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise InputError(
+            f"the OME-Zarr scale of {where} is {values!r}: pixel sizes must be finite numbers "
+            f"> 0, not {bad[0]!r}; fix the metadata (.zattrs or zarr.json), or give the path "
+            "of the level's array to segment it without metadata"
+        )
+    return [float(v) for v in values]
+
+
+def _unit(axis) -> str | None:
+    unit = axis.get("unit") if isinstance(axis, dict) else None
+    if unit is None:
+        return None
+    if not isinstance(unit, str) or _ngff_unit(unit) not in NGFF_UNITS:
+        name = axis.get("name")
+        warnings.warn(
+            f"the OME-Zarr axis {name!r} has the unit {unit!r}, which is not an NGFF unit; it is "
+            "left out of the output (the scale is kept without a unit). Use an NGFF unit name "
+            "such as 'micrometer' or 'second', or remove the unit",
+            stacklevel=3,
+        )
+        return None
+    return unit
 
 
 def write_zarr_labels(labels, geometry: Geometry, name: str = LABEL_NAME) -> None:
@@ -90,6 +142,17 @@ def _axis(name: str, unit: str | None) -> dict:
 
 _UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer",
           "mm": "millimeter", "s": "second", "sec": "second", "ms": "millisecond"}  # fmt: skip
+
+
+_PREFIXES = ("yocto", "zepto", "atto", "femto", "pico", "nano", "micro", "milli", "centi",
+             "deci", "", "deca", "hecto", "kilo", "mega", "giga", "tera", "peta", "exa", "zetta",
+             "yotta")  # fmt: skip
+# The units NGFF 0.4/0.5 allow on an axis (UDUNITS-2 names).
+NGFF_UNITS = frozenset(
+    [p + "meter" for p in _PREFIXES]
+    + [p + "second" for p in _PREFIXES]
+    + ["angstrom", "foot", "inch", "mile", "parsec", "yard", "day", "hour", "minute"]
+)
 
 
 def _ngff_unit(unit: str) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from ..engine.prompts import MAX_OBJ_ID, Prompt, PromptError
 from .errors import InputError, PromptsFileError
 from .stacks import Stack
 
-_INTEGER_TOLERANCE = 1e-3  # a frame written as 3.0 (napari writes floats) is frame 3
+_FRAME_TOLERANCE = 1e-3  # a frame written as 3.0 (napari writes float coordinates) is frame 3
+_EXACT_IN_FLOAT = 2**53  # floats hold every integer up to this exactly, and no further
 
 CLICK_COLUMNS = ("row", "col", "label")
 BOX_COLUMNS = ("min_row", "min_col", "max_row", "max_col")
@@ -109,12 +111,32 @@ def _number(path, line: int, name: str, text: str) -> float:
     return value
 
 
-def _integer(path, line: int, name: str, text: str, minimum: int) -> int:
-    value = _number(path, line, name, text)
-    if abs(value - round(value)) > _INTEGER_TOLERANCE or round(value) < minimum:
-        kind = "a positive integer" if minimum == 1 else "an integer >= 0"
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _integer(path, line: int, name: str, text: str, minimum: int, tolerance: float = 0.0) -> int:
+    """An integer cell, read as an integer (``int``, exact at any size); a float spelling
+    (``3.0``, as napari writes) is accepted when it is a whole number within ``tolerance`` and
+    small enough for a float to hold it exactly (2**53)."""
+    kind = "a positive integer" if minimum == 1 else "an integer >= 0"
+    text = text.strip()
+    if _INTEGER_TEXT.fullmatch(text):
+        value = int(text)
+    else:
+        number = _number(path, line, name, text)
+        if abs(number) >= _EXACT_IN_FLOAT:  # 2**53 + 1 reads as 2**53: which one was meant?
+            raise PromptsFileError(
+                path,
+                line,
+                f"{name} must be {kind} written with digits only, got {text!r}: a float "
+                f"spelling from 2**53 ({_EXACT_IN_FLOAT:,}) on cannot say which integer it is",
+            )
+        if abs(number - round(number)) > tolerance:
+            raise PromptsFileError(path, line, f"{name} must be {kind}, got {text!r}")
+        value = int(round(number))
+    if value < minimum:
         raise PromptsFileError(path, line, f"{name} must be {kind}, got {text!r}")
-    return int(round(value))
+    return value
 
 
 def _obj_id(path, line: int, text: str) -> int:
@@ -123,18 +145,25 @@ def _obj_id(path, line: int, text: str) -> int:
         raise PromptsFileError(
             path,
             line,
-            f"obj_id {obj_id} is too large for any label array (at most {MAX_OBJ_ID:,}, uint64)",
+            f"obj_id {obj_id} is too large for any label array (at most {MAX_OBJ_ID}, the "
+            "largest uint64); use smaller ids",
         )
     return obj_id
 
 
 def _label(path, line: int, text: str) -> int:
     key = text.strip().lower()
-    with contextlib.suppress(ValueError, OverflowError):
-        key = key if key in _LABEL_WORDS else str(int(float(key)))
+    if key not in _LABEL_WORDS:
+        with contextlib.suppress(ValueError, OverflowError):
+            number = float(key)  # napari writes 1.0 / 0.0; only exactly 1 or 0 is a label
+            if number in (0.0, 1.0):
+                key = str(int(number))
     if key not in _LABEL_WORDS:
         raise PromptsFileError(
-            path, line, f"label must be 1 / 0 or positive / negative, got {text!r}"
+            path,
+            line,
+            f"label must be 1 / 0 exactly (or positive / negative, pos / neg, true / false), "
+            f"got {text!r}",
         )
     return _LABEL_WORDS[key]
 
@@ -176,7 +205,7 @@ def _our_rows(path, header_line: int, columns: list[str], body) -> dict:
         def cell(name: str, row=row) -> str:
             return _cell(row, columns, name)
 
-        frame = _integer(path, line, "frame", cell("frame"), 0)
+        frame = _integer(path, line, "frame", cell("frame"), 0, _FRAME_TOLERANCE)
         obj_id = _obj_id(path, line, cell("obj_id"))
         click = [cell(c) for c in ("row", "col")] if has_clicks else ["", ""]
         box = [cell(c) for c in BOX_COLUMNS] if has_boxes else ["", "", "", ""]
@@ -234,7 +263,7 @@ def _napari_points(path, columns: list[str], body, stack: Stack | None) -> dict:
         if lead == 0:
             frame = 0
         else:
-            frame = _integer(path, line, f"axis-{axis}", str(coords[axis]), 0)
+            frame = _integer(path, line, f"axis-{axis}", repr(coords[axis]), 0, _FRAME_TOLERANCE)
         if lead == 2:
             other = 1 - axis
             if abs(coords[other] - index) > 0.5:

@@ -193,7 +193,9 @@ def _open_zarr(path: Path):
         try:
             level, geometry = zarr_geometry(node)
             array = node[level]
-        except (KeyError, IndexError, TypeError, ValueError) as e:
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: unreadable OME-Zarr metadata ({e!r})") from e
         if len(geometry.axes) != array.ndim:
             geometry = unknown(array.ndim)
