@@ -53,6 +53,8 @@ class LineageOptions:
       this fraction of it is covered by tracked objects, in [0, 1) (default 0.2).
     - ``max_new_area``: for new objects: masks larger than this fraction of the frame are not
       taken (segment everything finds the background too), in (0, 1] (default 0.5).
+    - ``divisions``: whether splits become divisions (default True; False: a split object
+      stays one track).
     """
 
     min_area: float = 20.0
@@ -61,6 +63,7 @@ class LineageOptions:
     merge_overlap: float = 0.5
     new_overlap: float = 0.2
     max_new_area: float = 0.5
+    divisions: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_area) and self.min_area >= 0):
@@ -157,8 +160,9 @@ class Lineage:
     def __init__(self, options: LineageOptions | None = None) -> None:
         self.options = options or LineageOptions()
         self._frames: dict[int, dict[int, Components]] = {}
-        self._pairs: dict[int, list[tuple[int, int]]] = {}  # frame -> overlapping object pairs
+        self._pairs: dict[int, list[tuple[int, int, float]]] = {}  # frame -> overlaps
         self._state = _Replay()
+        self.emitted: set[int] = set()  # track ids given to results: cleared where absent
 
     # ------------------------------------------------------------------ input
     def record(self, frame: int, obj_ids, masks, scale=(1.0, 1.0)) -> None:
@@ -169,17 +173,31 @@ class Lineage:
         entry = self._frames.setdefault(frame, {})
         for obj_id, mask in zip(obj_ids, masks):
             entry[int(obj_id)] = Components.of(mask, scale)
-        self._pairs[frame] = _overlapping(
-            [int(i) for i in obj_ids], masks, self.options.merge_overlap
-        )
+        self._pairs[frame] = _overlapping([int(i) for i in obj_ids], masks)
         if frame <= self._state.frame:
             self._state = _Replay()  # an earlier frame changed: derive everything again
 
-    def forget(self, obj_id: int) -> None:
-        """Drop an object's results (it was removed from the tracker)."""
-        for entry in self._frames.values():
-            entry.pop(int(obj_id), None)
+    def keep_only(self, obj_ids) -> None:
+        """Drop the results of objects not in ``obj_ids`` (removed from the tracker)."""
+        keep = {int(i) for i in obj_ids}
+        gone = {o for e in self._frames.values() for o in e} - keep
+        if gone:
+            for entry in self._frames.values():
+                for obj_id in gone:
+                    entry.pop(obj_id, None)
+            self._state = _Replay()
+
+    def clear_derived(self) -> None:
+        """Derive the tracks again (the options changed)."""
         self._state = _Replay()
+
+    def table_upto(self, upto: int | None) -> list[Track]:
+        """The tracks as the frames up to ``upto`` (None: all) decide them."""
+        state = self._replayed(upto)
+        return [Track(i, *state.rows[i]) for i in sorted(state.rows)]
+
+    def merges_upto(self, upto: int | None) -> list[Merge]:
+        return list(self._replayed(upto).merges)
 
     def clear(self) -> None:
         self._frames.clear()
@@ -194,10 +212,18 @@ class Lineage:
                     entry[obj_id] = Components(comp.areas, comp.centroids)
 
     # ------------------------------------------------------------------ output
-    def table(self) -> list[Track]:
-        """Every track, by id: (id, first_frame, last_frame, parent)."""
+    def table(self, keep=None) -> list[Track]:
+        """Every track, by id: (id, first_frame, last_frame, parent); with ``keep``, the
+        objects not in it are forgotten first (removed from the tracker)."""
+        if keep is not None:
+            self.keep_only(keep)
         state = self._replayed()
         return [Track(i, *state.rows[i]) for i in sorted(state.rows)]
+
+    def used_ids(self) -> set[int]:
+        """Every object and track id seen so far (new ids must avoid them)."""
+        state = self._replayed()
+        return set(state.used) | set(state.rows)
 
     @property
     def merges(self) -> list[Merge]:
@@ -207,9 +233,10 @@ class Lineage:
         """track id -> parent id (daughters only)."""
         return {t.id: t.parent for t in self.table() if t.parent}
 
-    def track_ids(self, frame: int, obj_id: int) -> np.ndarray:
-        """The track id of each component of ``obj_id``'s mask on ``frame`` ((K,) int64)."""
-        return self._replayed().assign.get(int(frame), {}).get(int(obj_id), np.zeros(0, int))
+    def track_ids(self, frame: int, obj_id: int, upto: int | None = None) -> np.ndarray:
+        """The track id of each component of ``obj_id``'s mask on ``frame`` ((K,) int64), as
+        the frames up to ``upto`` (default: all) decide it."""
+        return self._replayed(upto).assign.get(int(frame), {}).get(int(obj_id), np.zeros(0, int))
 
     def components(self, frame: int, obj_id: int) -> Components | None:
         return self._frames.get(int(frame), {}).get(int(obj_id))
@@ -223,9 +250,10 @@ class Lineage:
                         entry[obj_id] = Components(comp.areas, comp.centroids)
 
     # ------------------------------------------------------------------ derivation
-    def _replayed(self) -> _Replay:
+    def _replayed(self, upto: int | None = None) -> _Replay:
         state = self._state
-        for frame in sorted(f for f in self._frames if f > state.frame):
+        later = [f for f in self._frames if f > state.frame and (upto is None or f <= upto)]
+        for frame in sorted(later):
             self._step(state, frame)
             state.frame = frame
         return state
@@ -233,8 +261,8 @@ class Lineage:
     def _step(self, s: _Replay, frame: int) -> None:
         opts = self.options
         s.assign[frame] = {}
+        s.used.update(self._frames[frame])
         for obj_id, comp in self._frames[frame].items():
-            s.used.add(obj_id)
             tracks = s.active.setdefault(obj_id, [])
             # Tracks missing on the ``vanish`` frames before this one have ended.
             tracks[:] = [t for t in tracks if frame - t.last_seen <= opts.vanish]
@@ -256,14 +284,16 @@ class Lineage:
                 t.centroid = _weighted(comp, mine)
                 t.last_seen = frame
                 s.rows[t.id][1] = frame
-                if np.count_nonzero(comp.areas[mine] >= opts.min_area) < 2:
+                if not opts.divisions or np.count_nonzero(comp.areas[mine] >= opts.min_area) < 2:
                     t.split_start = None
                     continue
                 if t.split_start is None:
                     t.split_start = frame
                 if frame - t.split_start + 1 >= opts.persist:
                     self._divide(s, obj_id, t, tracks, frame)
-        for a, b in self._pairs.get(frame, ()):
+        for a, b, shared in self._pairs.get(frame, ()):
+            if shared <= opts.merge_overlap:
+                continue
             ta, tb = s.assign[frame].get(a), s.assign[frame].get(b)
             if ta is not None and tb is not None and len(ta) and len(tb):
                 self._report(s, frame, (int(ta[0]), int(tb[0])), (a, b))
@@ -311,8 +341,7 @@ class Lineage:
             tracks.append(_Active(d, np.asarray(c), frame))
 
     def _fresh(self, s: _Replay) -> int:
-        known = set(s.used) | set(s.rows) | {o for e in self._frames.values() for o in e}
-        return max(known, default=0) + 1
+        return max(s.used | set(s.rows), default=0) + 1
 
     def _report(self, s: _Replay, frame: int, ids, obj_ids) -> None:
         key = tuple(sorted(ids))
@@ -338,8 +367,8 @@ def _weighted(comp: Components, index: np.ndarray) -> np.ndarray:
     return (comp.centroids[index] * w[:, None]).sum(0) / max(w.sum(), 1e-9)
 
 
-def _overlapping(obj_ids: list[int], masks: np.ndarray, threshold: float):
-    """Pairs of objects whose masks share more than ``threshold`` of the smaller one."""
+def _overlapping(obj_ids: list[int], masks: np.ndarray):
+    """(id, id, fraction of the smaller mask shared) of objects whose masks overlap."""
     if len(obj_ids) < 2:
         return []
     flat = masks.reshape(len(obj_ids), -1)
@@ -349,6 +378,6 @@ def _overlapping(obj_ids: list[int], masks: np.ndarray, threshold: float):
     for n, i in enumerate(present):
         for j in present[n + 1 :]:
             shared = np.count_nonzero(flat[i] & flat[j])
-            if shared > threshold * min(areas[i], areas[j]):
-                pairs.append((obj_ids[i], obj_ids[j]))
+            if shared:
+                pairs.append((obj_ids[i], obj_ids[j], shared / min(areas[i], areas[j])))
     return pairs
