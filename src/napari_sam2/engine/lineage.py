@@ -55,6 +55,8 @@ class LineageOptions:
       taken (segment everything finds the background too), in (0, 1] (default 0.5).
     - ``divisions``: whether splits become divisions (default True; False: a split object
       stays one track).
+    - ``finder``: the :class:`~napari_sam2.AutomaticMaskGenerator` that looks for new objects
+      (default: one with its default options).
     """
 
     min_area: float = 20.0
@@ -64,6 +66,7 @@ class LineageOptions:
     new_overlap: float = 0.2
     max_new_area: float = 0.5
     divisions: bool = True
+    finder: object = None  # the AutomaticMaskGenerator of new objects (None: its defaults)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_area) and self.min_area >= 0):

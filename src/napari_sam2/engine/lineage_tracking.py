@@ -65,6 +65,8 @@ def propagate_with_lineage(
             f"not {direction!r}"
         )
     passes = tracker.plan(direction, start, stop)  # checks the range and the prompts
+    if detector is None and options is not None:
+        detector = options.finder
     if every is not None and detector is None:
         from .automatic import AutomaticMaskGenerator
 

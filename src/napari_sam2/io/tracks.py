@@ -108,9 +108,9 @@ def write_ctc(labels, folder, parents: dict | None = None, *, overwrite: bool = 
     return rows
 
 
-def measurements(labels, image=None, parents: dict | None = None) -> list[dict]:
+def measurements(labels, image=None, parents: dict | None = None, channel: int = 0) -> list[dict]:
     """One dict per track and frame: frame, track_id, parent, area, centroid (z,) y, x and,
-    with ``image`` (same shape as ``labels``, or with a trailing channel axis: channel 0),
+    with ``image`` (same shape as ``labels``, or with a trailing channel axis: ``channel``),
     mean_intensity."""
     from skimage.measure import regionprops
 
@@ -122,7 +122,7 @@ def measurements(labels, image=None, parents: dict | None = None) -> list[dict]:
         if image is not None:
             img = np.asarray(image[t])
             if img.shape != frame.shape:
-                img = img[..., 0]
+                img = img[..., channel]
         for region in regionprops(frame.astype(np.int64), intensity_image=img):
             row = {"frame": t, "track_id": int(region.label)}
             row["parent"] = int(parents.get(row["track_id"], 0))
@@ -135,9 +135,9 @@ def measurements(labels, image=None, parents: dict | None = None) -> list[dict]:
     return rows
 
 
-def write_tracks_csv(labels, path, image=None, parents: dict | None = None) -> int:
+def write_tracks_csv(labels, path, image=None, parents: dict | None = None, channel=0) -> int:
     """The :func:`measurements` as a CSV file (one row per track and frame). Returns the rows."""
-    rows = measurements(labels, image, parents)
+    rows = measurements(labels, image, parents, channel)
     columns = list(rows[0]) if rows else ["frame", "track_id", "parent", "area"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -185,6 +185,35 @@ def write_geff(labels, path, parents: dict | None = None, *, overwrite: bool = F
         overwrite=overwrite,
     )
     return graph.number_of_nodes()
+
+
+def check_tracks_output(path, overwrite: bool = False) -> Path:
+    """A ``--tracks`` path: .csv or .geff (with the geff package installed), not existing unless
+    ``overwrite``, in a writable folder. Raises InputError before anything runs."""
+    from .outputs import check_writable_folder
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".geff"):
+        raise InputError(f"tracks file {path}: the name must end in .csv or .geff")
+    if suffix == ".geff":
+        try:
+            import geff  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "writing GEFF needs the geff package: pip install 'napari-sam2[lineage]'"
+            ) from None
+    if path.exists() and not overwrite:
+        raise InputError(f"tracks file {path} exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent, what="tracks folder")
+    return path
+
+
+def write_tracks(labels, path, image=None, parents=None, channel=0, overwrite=False) -> int:
+    """:func:`write_tracks_csv` or :func:`write_geff`, by the name of ``path``."""
+    if Path(path).suffix.lower() == ".geff":
+        return write_geff(labels, path, parents, overwrite=overwrite)
+    return write_tracks_csv(labels, path, image, parents, channel)
 
 
 def parents_of(lineage) -> dict[int, int]:
