@@ -17,9 +17,11 @@ from .engine.automatic import AutomaticMaskGenerator, MaskRecord, masks_to_label
 from .engine.frames import FrameSourceError
 from .engine.image import ImagePredictor, Prediction
 from .engine.labels import LabelError, LabelSink, track_to_labels
+from .engine.lineage import LineageOptions, Track
 from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
 from .engine.video import FrameResult, VideoTracker
+from .io.tracks import write_ctc, write_geff, write_tracks_csv
 from .model import MODEL_NAMES, CheckpointError, DeviceError, PrecisionError, SAM2Model
 from .weights import ChecksumError, DownloadError, WeightsError, load_model
 
@@ -50,4 +52,9 @@ __all__ = [
     "load_model",
     "BatchReport",
     "segment_many",
+    "LineageOptions",
+    "Track",
+    "write_ctc",
+    "write_geff",
+    "write_tracks_csv",
 ]

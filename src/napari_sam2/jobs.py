@@ -74,6 +74,9 @@ class SegmentOptions:
     auto: dict = field(default_factory=dict)
     embeddings_dtype: str = "float16"  # of new embeddings stores
     model: str | None = None  # name, to check an embeddings store before the model loads
+    new_objects: int | None = None  # segment everything every N frames for new objects
+    divisions: bool = False  # follow dividing cells (forward)
+    tracks: Path | None = None  # a .csv or .geff of the tracks (one stack)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class SegmentJob:
     prompts: Path | None
     output: Path
     embeddings: Path | None = None  # a store kept on disk (else a temporary one)
+    ctc: bool = False  # the output is a Cell Tracking Challenge folder (fmt "ctc")
 
     @property
     def label_image_prompts(self) -> bool:
@@ -193,7 +197,8 @@ def plan_jobs(
         csv = prompts / f"{stem}.csv" if prompts is not None and prompts.is_dir() else prompts
         if csv is not None and not csv.is_file():
             raise InputError(f"no prompts for {stack}: {csv} not found")
-        target = output / f"{stem}_labels.{fmt}" if to_folder else output
+        name = f"{stem}_ctc" if fmt == "ctc" else f"{stem}_labels.{fmt}"
+        target = output / name if to_folder else output
         if target in seen:
             raise InputError(
                 f"{seen[target]} and {stack} would both write {target}; give stacks distinct names"
@@ -205,8 +210,9 @@ def plan_jobs(
             overwrite=overwrite,
             read_only=read_only,
             folder_exists=not (to_folder and not output.exists()),
+            any_name=fmt == "ctc",
         )
-        jobs.append(SegmentJob(stack, csv, target, store))
+        jobs.append(SegmentJob(stack, csv, target, store, ctc=fmt == "ctc"))
     return jobs
 
 
@@ -321,7 +327,8 @@ def run_job(
             raise nothing_to_track(checked, options)
         obj_ids = sorted(tracker.obj_ids)
         total = frames_in(list(checked.passes))
-        with job_output(checked, options, obj_ids) as labels:
+        lineage = lineage_arguments(model, options)
+        with job_output(checked, options, obj_ids, bool(lineage)) as labels:
             track_to_labels(
                 tracker,
                 labels,
@@ -329,9 +336,13 @@ def run_job(
                 start=options.start,
                 stop=options.stop,
                 progress=None if progress is None else lambda done, _: progress(done, total),
+                **lineage,
             )
             tracked = checked.tracked_frames
+            if lineage:  # label values are track ids
+                obj_ids = sorted({t.id for t in tracker.lineage} | set(obj_ids))
             counts = label_counts(labels, obj_ids, tracked)  # the other frames are 0
+            write_lineage_outputs(labels, stack, tracker, checked, options)
     return JobResult(
         job,
         checked.num_frames,
@@ -351,13 +362,46 @@ def nothing_to_track(checked: CheckedJob, options: SegmentOptions) -> InputError
     )
 
 
-def job_output(checked: CheckedJob, options: SegmentOptions, obj_ids):
+def lineage_arguments(model, options: SegmentOptions) -> dict:
+    """``track_to_labels``' new-objects and divisions arguments of the options (none: {})."""
+    if options.new_objects is None and not options.divisions:
+        return {}
+    from .engine.automatic import AutomaticMaskGenerator
+    from .engine.lineage import LineageOptions
+
+    finder = AutomaticMaskGenerator(model, channel=options.channel, **options.auto)
+    return {
+        "new_objects": options.new_objects,
+        "divisions": options.divisions,
+        "lineage_options": LineageOptions(finder=finder),
+    }
+
+
+def write_lineage_outputs(labels, stack, tracker, checked: CheckedJob, options) -> None:
+    """The CTC folder (``--format ctc``: the job's output) and the tracks file, from the
+    finished labels and the tracker's lineage."""
+    from .io.tracks import parents_of, write_ctc, write_tracks
+
+    parents = parents_of(tracker.lineage)
+    if checked.job.ctc:
+        write_ctc(labels, checked.job.output, parents, overwrite=options.overwrite)
+    if options.tracks is not None:
+        write_tracks(labels, options.tracks, stack.frames, parents, options.channel, True)
+
+
+def job_output(checked: CheckedJob, options: SegmentOptions, obj_ids, lineage: bool = False):
     """The job's label volume (a context: :func:`~napari_sam2.io.label_output`), of the dtype
-    that ``obj_ids`` need, with the stack's geometry."""
+    that ``obj_ids`` need (new ids to come with a ``lineage``), with the stack's geometry; in
+    memory for a CTC output (written as CTC files at the end)."""
+    most = max(obj_ids) + (60000 if lineage else 0)
+    if checked.job.ctc:
+        from .engine.labels import new_labels
+
+        return contextlib.nullcontext(new_labels(checked.label_shape, label_dtype_for(most)))
     return label_output(
         checked.job.output,
         checked.label_shape,
-        label_dtype_for(max(obj_ids)),
+        label_dtype_for(most),
         overwrite=options.overwrite,
         geometry=checked.geometry,
     )
@@ -481,7 +525,7 @@ TIFF_UNTRACKED_LIMIT = 1 << 30
 
 
 def _check_tiff_range(job: SegmentJob, passes, label_shape, dtype) -> None:
-    if job.output.suffix.lower() == ".zarr":
+    if job.output.suffix.lower() == ".zarr" and not job.ctc:
         return
     tracked = _count_tracked(passes)
     frame_bytes = int(np.prod(label_shape[1:])) * np.dtype(dtype).itemsize

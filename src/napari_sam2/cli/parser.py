@@ -194,10 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--stop", type=int, help="last frame of the range to track (inclusive)")
     seg.add_argument(
         "--format",
-        choices=("tif", "zarr", "ome.zarr"),
+        choices=("tif", "zarr", "ome.zarr", "ctc"),
         default="tif",
         help="output format when OUT is a folder (default tif; ome.zarr: an OME-Zarr labels "
-        "group with the image's pixel sizes)",
+        "group with the image's pixel sizes); ctc: OUT is a Cell Tracking Challenge folder "
+        "(maskTTT.tif + res_track.txt; <stack name>_ctc in OUT for several stacks)",
+    )
+    seg.add_argument(
+        "--new-objects",
+        type=_positive,
+        metavar="N",
+        help="segment everything on frames 0, N, 2N, ... and track what no object covers as "
+        "new objects (options of --auto apply; docs/lineage.md)",
+    )
+    seg.add_argument(
+        "--divisions",
+        action="store_true",
+        help="follow dividing cells: a mask that splits into two lasting parts becomes two "
+        "daughter tracks (needs --direction forward; docs/lineage.md)",
+    )
+    seg.add_argument(
+        "--tracks",
+        metavar="FILE",
+        help="also write the tracks of one stack: FILE.csv (measurements per track and frame) "
+        "or FILE.geff (a GEFF graph; pip install 'napari-sam2[lineage]')",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument(

@@ -44,7 +44,11 @@ def segment(args: argparse.Namespace) -> int:
         auto=_auto_options(args),
         embeddings_dtype=args.embeddings_dtype,
         model=args.model,
+        new_objects=args.new_objects,
+        divisions=args.divisions,
+        tracks=None if args.tracks is None else Path(args.tracks),
     )
+    _check_lineage_options(args)
     if args.overwrite and args.resume:
         raise InputError(
             "--overwrite and --resume contradict each other: --overwrite redoes every stack, "
@@ -62,6 +66,8 @@ def segment(args: argparse.Namespace) -> int:
         )
     check_cluster_options(args)
     to_folder = True if str(args.output).endswith(("/", os.sep)) else None
+    if args.format == "ctc" and len(_expand(args.stacks)) == 1:
+        to_folder = False  # OUT is the stack's CTC folder
     jobs = plan_jobs(
         _expand(args.stacks),
         None if args.prompts is None else Path(args.prompts),
@@ -143,14 +149,39 @@ def _auto_options(args: argparse.Namespace) -> dict:
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_score_thresh": args.stability_score_thresh,
     }
-    if args.auto is not None:
+    if args.auto is not None or args.new_objects is not None:
         from ..engine.automatic import check_options
 
         try:
             check_options(**options)
         except ValueError as e:
-            raise InputError(f"--auto: {e}") from None
+            which = "--auto" if args.auto is not None else "--new-objects"
+            raise InputError(f"{which}: {e}") from None
     return options
+
+
+def _check_lineage_options(args: argparse.Namespace) -> None:
+    """--new-objects, --divisions, --format ctc and --tracks: what they need, before anything."""
+    lineage = args.new_objects is not None or args.divisions
+    if args.divisions and args.direction != "forward":
+        raise InputError(
+            f"--divisions follows cells forward in time: add --direction forward (not "
+            f"{args.direction}; a time-lapse is tracked from its first prompted frame on)"
+        )
+    extras = lineage or args.format == "ctc" or args.tracks is not None
+    if extras and (args.workers is not None or args.scheduler is not None):
+        raise InputError(
+            "--new-objects, --divisions, --format ctc and --tracks run on this machine: "
+            "leave out --workers/--scheduler"
+        )
+    if args.format == "ctc" and args.resume:
+        raise InputError("--resume does not apply to --format ctc: give --overwrite or a new OUT")
+    if args.tracks is not None:
+        if len(_expand(args.stacks)) != 1:
+            raise InputError("--tracks names one file: give one stack")
+        from ..io.tracks import check_tracks_output
+
+        check_tracks_output(args.tracks, overwrite=args.overwrite)
 
 
 def _expand(patterns: list[str]) -> list[Path]:

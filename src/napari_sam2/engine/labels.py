@@ -186,6 +186,7 @@ def track_to_labels(
     start: int | None = None,
     stop: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **lineage,
 ):
     """Propagate and write every frame into ``labels`` (created when None: uint16, or wider
     when the object ids need it; see :func:`new_labels` for what kind of array).
@@ -194,16 +195,20 @@ def track_to_labels(
     propagation range, and the labels' shape, dtype (wide enough for every object id) and
     writability (:class:`LabelError`). ``progress(done, total)`` is called after each frame.
     Returns ``labels``. Interrupting (KeyboardInterrupt, or an exception from ``progress``)
-    leaves the frames written so far.
+    leaves the frames written so far. ``lineage``: ``new_objects``, ``divisions`` and
+    ``lineage_options`` of :meth:`VideoTracker.propagate` (label values are then track ids).
     """
     passes = tracker.plan(direction, start, stop)
     shape = (tracker.num_frames, *tracker.frame_shape)
     if labels is None:
-        labels = new_labels(shape, label_dtype_for(max(tracker.obj_ids)))
+        # new objects and daughters take new ids: room for many more with a lineage
+        most = max(tracker.obj_ids) + (60000 if lineage else 0)
+        labels = new_labels(shape, label_dtype_for(most))
     check_labels(labels, shape, tracker.obj_ids)
     sink = LabelSink(labels)
     total = frames_in(passes)
-    for done, result in enumerate(tracker.propagate(direction, start, stop), start=1):
+    results = tracker.propagate(direction, start, stop, **lineage)
+    for done, result in enumerate(results, start=1):
         sink.write(result)
         if progress is not None:
             progress(done, total)

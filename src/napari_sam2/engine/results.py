@@ -36,6 +36,12 @@ class FrameResult:
         return self._logits
 
     @property
+    def low_res(self):
+        """(N, 1, L, L) logits at the model's mask resolution (None for a result made from
+        full-size logits)."""
+        return self._low_res
+
+    @property
     def masks(self) -> np.ndarray:
         """(N, H, W) bool."""
         return self.logits > 0

@@ -114,6 +114,7 @@ class VideoTracker:
         # the same call continues them (and nothing else) as long as no prompt changed.
         self._unfinished: tuple[tuple, list[tuple[int, int, bool]]] | None = None
         self._closed = False
+        self._lineage = None  # a Lineage once propagated with new_objects or divisions
         # Object pointers reach back min(T, 16) - 1 frames; mask memories num_maskmem - 1.
         self._max_ptrs = min(len(self.source), cfg.max_obj_ptrs)
         self._history_capacity = max(cfg.num_maskmem, self._max_ptrs) + 1
@@ -132,6 +133,11 @@ class VideoTracker:
     def obj_ids(self) -> tuple[int, ...]:
         """Object ids in the order results list them (the order they were first prompted)."""
         return tuple(self._objects)
+
+    @property
+    def lineage(self) -> list:
+        """Tracks (id, first_frame, last_frame, parent) of lineage propagations (.lineage)."""
+        return [] if self._lineage is None else self._lineage.table(keep=self._objects)
 
     @property
     def new_prompt_frames(self) -> list[int]:
@@ -309,6 +315,7 @@ class VideoTracker:
         for obj in self._objects.values():
             obj.forget()
         self._objects.clear()
+        self._lineage = None
         self._embeddings.clear_ram()  # a store on disk stays valid: same frames, same model
         self._new_prompt_frames.clear()
         self._resume = {False: None, True: None}
@@ -335,7 +342,14 @@ class VideoTracker:
 
     # ------------------------------------------------------------------ propagation
     def propagate(
-        self, direction: str = "forward", start: int | None = None, stop: int | None = None
+        self,
+        direction: str = "forward",
+        start: int | None = None,
+        stop: int | None = None,
+        *,
+        new_objects: int | None = None,
+        divisions: bool | None = None,
+        lineage_options=None,
     ) -> Iterator[FrameResult]:
         """Follow every object through the stack, yielding one :class:`FrameResult` per frame.
 
@@ -352,7 +366,15 @@ class VideoTracker:
         every result yielded so far; the same call made again (same arguments, no prompt changed
         in between) continues exactly where it stopped and gives what one uninterrupted call
         gives — for ``both``, a finished forward pass is not run again.
+
+        New objects every N frames, divisions, lineage: see :mod:`.lineage_tracking`.
         """
+        if new_objects is not None or divisions or self._lineage:
+            from .lineage_tracking import propagate_with_lineage
+
+            return propagate_with_lineage(
+                self, direction, start, stop, new_objects, divisions, lineage_options
+            )
         passes = self.plan(direction, start, stop)
         return self._propagate((direction, start, stop), passes)
 

@@ -38,8 +38,10 @@ def check_output(
     overwrite: bool = False,
     read_only=(),
     folder_exists: bool = True,
+    any_name: bool = False,
 ) -> Path:
-    """Check, before anything runs, that a label volume can be written at ``path``.
+    """Check, before anything runs, that a label volume can be written at ``path`` (with
+    ``any_name``, a folder of any name: a CTC output).
 
     Refused with :class:`InputError`: a name that is not .tif/.tiff/.zarr (or .ome.zarr); an
     output that is one of ``inputs``, holds one of them (a zarr group around the input array) or
@@ -48,7 +50,7 @@ def check_output(
     does not exist (unless ``folder_exists`` is False: it will be made) or cannot be written.
     Nothing is created or changed."""
     path = Path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+    if not any_name and path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"output {path}: the name must end in .tif, .tiff or .zarr")
     target = path.resolve()
     for source, inside_ok in [(s, False) for s in inputs] + [(s, True) for s in read_only]:
