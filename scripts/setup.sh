@@ -82,6 +82,17 @@ else
     SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-build-isolation "sam2==1.1.0"
 fi
 
+# --- traccuracy, the independent reader of the CTC export ---------------------------------------
+# Without its dependencies: it pins click<8.2, which import-linter (click>=8.2) cannot share; what
+# else it imports is in the `test` extra of pyproject.toml.
+TRACCURACY_VERSION="0.4.3"
+if "$PY" -c "import traccuracy" >/dev/null 2>&1; then
+    log "traccuracy already installed"
+else
+    log "installing traccuracy==$TRACCURACY_VERSION (without its click pin)"
+    "${PIP[@]}" install --no-deps "traccuracy==$TRACCURACY_VERSION"
+fi
+
 # --- Xvfb and OpenGL for display tests ---------------------------------------------------------
 # xvfb-run needs xauth; Qt's xcb platform plugin (a real window on Xvfb) also needs the two xcb
 # utility libraries that Debian does not install by default.

@@ -16,24 +16,21 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
 from .embeddings import EmbeddingStore, embedding_layout, frame_fingerprint, store_for
 from .frame_embeddings import FrameEmbeddings
+from .frame_prompts import build_frame_prompt, model_masks
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .plan import DIRECTIONS, frames_in, plan_passes
 from .preprocess import DEFAULT_PERCENTILES, IntensityWindow
 from .prompts import (
-    Prompt,
     PromptError,
     check_obj_id,
     label_ids,
-    mask_prompt,
-    to_model_points,
 )
 from .results import FrameResult, LabelsResult
 
@@ -187,8 +184,17 @@ class VideoTracker:
         frame = self.source.check_index(frame)
         obj_id = check_obj_id(obj_id)
         shape = self.frame_shape
-        prompt, mask_t = self._build_prompt(
-            frame, obj_id, shape, points, labels, box, mask, replace
+        prompt, mask_t = build_frame_prompt(
+            self.model,
+            self._objects.get(obj_id),
+            frame,
+            obj_id,
+            shape,
+            points,
+            labels,
+            box,
+            mask,
+            replace,
         )
         obj = self._objects.get(obj_id)
         if obj is None:  # registered only once the prompt has given a result
@@ -257,7 +263,7 @@ class VideoTracker:
         added, dropped = [], []
         for start in range(0, len(ids), self.object_batch):
             chunk = ids[start : start + self.object_batch]
-            masks = self._model_masks([lab == i for i in chunk])
+            masks = model_masks([lab == i for i in chunk], self.model)
             kept = masks.flatten(1).any(dim=1) | torch.tensor([i in absent for i in chunk])
             dropped += [i for i, k in zip(chunk, kept.tolist()) if not k]
             chunk = [i for i, k in zip(chunk, kept.tolist()) if k]
@@ -552,36 +558,6 @@ class VideoTracker:
     def embeddings(self) -> EmbeddingStore | None:
         """Where frame embeddings are kept on disk (None: in RAM only)."""
         return self._embeddings.store
-
-    def _build_prompt(self, frame, obj_id, shape, points, labels, box, mask, replace):
-        cfg = self.model.config
-        if mask is not None:
-            if points is not None or box is not None:
-                raise PromptError("give either a mask or points/box in one add_prompt call")
-            try:
-                m = mask_prompt(mask, shape)
-            except PromptError as e:
-                raise PromptError(f"object {obj_id}, frame {frame}: {e}") from None
-            return FramePrompt(is_mask=True), self._model_masks([m])
-        new = Prompt.build(shape, points, labels, box)
-        coords, lbl = to_model_points(new, shape, cfg.image_size, self.model.device)
-        if coords is None:
-            raise PromptError("give points (with labels), a box or a mask")
-        obj = self._objects.get(obj_id)
-        old = None if obj is None else obj.prompts.get(frame)
-        if old is not None and old.points is not None and box is None and not replace:
-            coords = torch.cat((old.points, coords), dim=1)
-            lbl = torch.cat((old.labels, lbl), dim=1)
-        return FramePrompt(points=coords, labels=lbl), None
-
-    def _model_masks(self, masks) -> torch.Tensor:
-        """(H, W) bool masks -> (N, 1, S, S) float 0/1 at the model's input size: resized as
-        floats (bilinear, antialiased) and thresholded at 0.5, as the official add_new_mask."""
-        s = self.model.config.image_size
-        t = torch.from_numpy(np.stack(masks)).float()[:, None].to(self.model.device)
-        if t.shape[-2:] != (s, s):
-            t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        return (t >= 0.5).float()
 
     def result(self, frame: int, obj_ids=None) -> FrameResult:
         """The current result of every object (or of ``obj_ids``) on ``frame`` (-1024 where
