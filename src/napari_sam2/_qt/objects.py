@@ -20,6 +20,8 @@ from napari.layers import Labels
 from ..engine.automatic import masks_to_labels
 from ..engine.labels import label_dtype_for
 
+SAM2_META = "napari_sam2"  # the metadata key of the plugin's own layers (prompting.META)
+
 if TYPE_CHECKING:
     from .widget import SAM2Widget
 
@@ -84,11 +86,15 @@ class ObjectTools:
         self.set_enabled(False)
 
     def _label_layers(self, *_):
+        """Labels layers to take objects from: never SAM2 labels (this session's or an
+        earlier one's), so that the default is the user's own segmentation."""
         own = self.widget.labels_layer
         return [
             layer
             for layer in self.widget.viewer.layers
-            if isinstance(layer, Labels) and layer is not own
+            if isinstance(layer, Labels)
+            and layer is not own
+            and SAM2_META not in getattr(layer, "metadata", {})
         ]
 
     def set_enabled(self, on: bool) -> None:
@@ -109,7 +115,10 @@ class ObjectTools:
             "stability_score_thresh": float(self.stability_threshold.value),
         }
         total = options["points_per_side"] ** 2
-        w.start_progress(total, "SAM 2: segmenting everything", cancel=self._cancel.set)
+        if not w.start_progress(
+            total, "SAM 2: segmenting everything", cancel=self._cancel.set, tab="Many objects"
+        ):
+            return  # one long task at a time (a double click starts it once)
         self._cancel.clear()
         w.feedback.say(f"Segmenting everything on slice {frame}…")
         w._run(
