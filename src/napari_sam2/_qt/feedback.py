@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 
 from magicgui.widgets import Label, ProgressBar
@@ -59,6 +60,14 @@ def plain(error: BaseException) -> str:
         return (
             "Not enough memory for this step. Use a smaller input size, or close other "
             "programs; nothing was changed."
+        )
+    if "Weights only load failed" in text:  # PyTorch's paragraph about torch.load's options
+        path = re.search(r"cannot read checkpoint (.*?) \(", text)
+        name = path.group(1) if path else "the checkpoint"
+        return (
+            f"Cannot read {name}: it is not an official SAM 2 checkpoint (it holds Python "
+            "objects, which are not loaded for safety). Download the model again (leave "
+            "'checkpoint' empty) or choose a good copy."
         )
     if isinstance(error, PromptError):
         text = text.replace("add a prompt with add_prompt() first", "click on an object first")

@@ -22,6 +22,8 @@ from ..engine.automatic import masks_to_labels
 from ..engine.labels import label_dtype_for
 from .history import Step, frame_patch, frames_of, paint_patch
 
+SAM2_META = "napari_sam2"  # the metadata key of the plugin's own layers (prompting.META)
+
 if TYPE_CHECKING:
     from .widget import SAM2Widget
 
@@ -86,11 +88,15 @@ class ObjectTools:
         self.set_enabled(False)
 
     def _label_layers(self, *_):
+        """Labels layers to take objects from: never SAM2 labels (this session's or an
+        earlier one's), so that the default is the user's own segmentation."""
         own = self.widget.labels_layer
         return [
             layer
             for layer in self.widget.viewer.layers
-            if isinstance(layer, Labels) and layer is not own
+            if isinstance(layer, Labels)
+            and layer is not own
+            and SAM2_META not in getattr(layer, "metadata", {})
         ]
 
     def set_enabled(self, on: bool) -> None:
@@ -111,7 +117,10 @@ class ObjectTools:
             "stability_score_thresh": float(self.stability_threshold.value),
         }
         total = options["points_per_side"] ** 2
-        w.start_progress(total, "SAM 2: segmenting everything", cancel=self._cancel.set)
+        if not w.start_progress(
+            total, "SAM 2: segmenting everything", cancel=self._cancel.set, tab="Many objects"
+        ):
+            return  # one long task at a time (a double click starts it once)
         self._cancel.clear()
         w.feedback.say(f"Segmenting everything on slice {frame}…")
         w._run(

@@ -4,6 +4,7 @@ A part of :class:`~napari_sam2._qt.widget.SAM2Widget`."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -19,19 +20,19 @@ class PropagationMixin:
         if self.session is None:
             self.feedback.error("Press Start and click on an object first.")
             return
-        if self.runner.busy and self.propagation_worker in self.runner.workers:
-            return  # already propagating
+        if self.refuse_if_busy("propagating"):
+            return
         start = None if self.first.value < 0 else int(self.first.value)
         stop = None if self.last.value < 0 else int(self.last.value)
         try:
             passes = self.session.tracker.plan(self.direction.value, start, stop)
         except EXPECTED_ERRORS as e:  # no prompt yet, a range outside the stack
-            self.feedback.error(e)
+            self.feedback.error(_in_slices(e, self.direction.value))
             return
         yields = sum(abs(b - a) + 1 for a, b, _ in passes)
         slices = len({f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)})
-        self.propagate_button.enabled = False
         self._written = set()
+        self._prompted_meanwhile = False
         self.feedback.say(f"Propagating {self.direction.value} over {slices} slices…")
         self.propagation_worker = self.run(
             self.session.propagate,
@@ -61,10 +62,11 @@ class PropagationMixin:
         self.end_progress()
         if self.session is None:
             return  # the session ended meanwhile (the image was removed): that message stays
-        self.propagate_button.enabled = self.geometry.num_frames > 1
         self.refresh_objects()
         written = len(self._written)
-        waiting = self.session.tracker.new_prompt_frames
+        # Prompts given while it ran: noted when they were given (their sync may finish after
+        # the propagation does) or found waiting in the tracker.
+        waiting = self._prompted_meanwhile or self.session.tracker.new_prompt_frames
         note = " Prompts given while it ran are followed by the next Propagate." if waiting else ""
         if self.feedback.error_shown and written < slices:
             return  # the error says what happened
@@ -84,19 +86,59 @@ class PropagationMixin:
             self._cancel_action()
             self.feedback.say("Cancelling…")
 
-    def start_progress(self, total: int, desc: str, cancel) -> None:
-        """The widget's progress bar for long work, and what Cancel does meanwhile."""
+    def note_prompt_change(self, *_) -> None:
+        """A click, box or brush stroke of the user's: remembered if a propagation runs, so
+        that its end says the change is followed by the next one."""
+        if self.propagating and not self.objects.writing:
+            self._prompted_meanwhile = True
+
+    # ------------------------------------------------------------------ long tasks
+    @property
+    def task(self) -> str | None:
+        """The long task running (``"propagating"``, ``"segmenting everything"``), if any:
+        one at a time, each with its progress bar and the Cancel button of its tab."""
+        return self._task
+
+    def refuse_if_busy(self, task: str) -> bool:
+        """True (and says why, unless it is ``task`` itself clicked twice) while a long task
+        runs."""
+        if self._task is None:
+            return False
+        if self._task != task:
+            self.feedback.error(
+                f"Busy {self._task}: wait for it to finish, or press Cancel (H) first."
+            )
+        return True
+
+    def start_progress(self, total: int, desc: str, cancel, tab: str = "Segment") -> bool:
+        """Start a long task: the progress bar, what Cancel does meanwhile (the Cancel button of
+        ``tab``, and H), the task buttons disabled. False if one is running already."""
+        task = desc.removeprefix("SAM 2: ")
+        if self.refuse_if_busy(task):
+            return False
+        self._task = task
         self.feedback.start_progress(total, desc)
         self._cancel_action = cancel
-        self.cancel_button.enabled = True
+        for page, button in self.cancel_buttons.items():
+            button.enabled = page == tab
+        self._enable_task_buttons()
+        return True
 
     def advance_progress(self, n: int) -> None:
         self.feedback.advance(n)
 
     def end_progress(self) -> None:
         self.feedback.end_progress()
+        self._task = None
         self._cancel_action = None
-        self.cancel_button.enabled = False
+        for button in self.cancel_buttons.values():
+            button.enabled = False
+        self._enable_task_buttons()
+
+    def _enable_task_buttons(self) -> None:
+        idle = self._task is None and self.session is not None
+        self.propagate_button.enabled = idle and self.geometry.num_frames > 1
+        self.objects.segment_all.enabled = idle
 
     def label_view(self):
         """SAM2 labels as (T, H, W) frames of the tracked axis."""
@@ -146,3 +188,20 @@ class PropagationMixin:
             f"{smaller} would take about {seconds / 4:.1f} s (less accurate): choose it under "
             "'input size' and press Start."
         )
+
+
+def _in_slices(error: BaseException, direction: str) -> str | BaseException:
+    """The tracker's refusal of a range, in the widget's words (slices) and with the fix."""
+    text = str(error)
+    numbers = re.findall(r"\d+", text)
+    if len(numbers) != 2 or not ("cannot go from frame" in text or "is after stop" in text):
+        return error
+    first, last = numbers
+    fix = {
+        "forward": "choose 'backward' or 'both' as the direction, or a 'to slice' after it "
+        "(-1: to the last slice)",
+        "backward": "choose 'forward' or 'both' as the direction, or a 'to slice' before it "
+        "(-1: to slice 0)",
+    }.get(direction, "choose a 'from slice' before the 'to slice' (-1: the whole stack)")
+    what = f"{direction.capitalize()} propagation cannot go from slice {first} to slice {last}"
+    return f"{what}: {fix}."

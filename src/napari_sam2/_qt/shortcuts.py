@@ -21,6 +21,15 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
 }
 
 
+# A shortcut does what its button does, only when the button is enabled (G on a single image,
+# or during segment everything, does nothing but say so).
+BUTTONS = {
+    "next_object": "new_object",
+    "propagate": "propagate_button",
+    "undo_last_click": "undo",
+}
+
+
 def key_of(method: str) -> str:
     return next(key for key, (name, _) in SHORTCUTS.items() if name == method)
 
@@ -30,8 +39,12 @@ def bind(viewer, widget) -> list[str]:
     bound = []
     for key, (method, _) in SHORTCUTS.items():
         action = getattr(widget, method)
+        button = getattr(widget, BUTTONS[method]) if method in BUTTONS else None
 
-        def handler(viewer, action=action):
+        def handler(viewer, action=action, button=button, key=key):
+            if button is not None and not button.enabled:
+                widget.feedback.say(f"{key} ('{button.text}') is not available now.")
+                return
             action()
 
         viewer.bind_key(key, handler, overwrite=True)

@@ -24,6 +24,7 @@ from ..model.config import DEFAULT_MODEL, MODEL_NAMES
 from ..model.precision import PRECISIONS
 from . import labels_data, shortcuts
 from . import layers as L
+from .export import LabelExport
 from .feedback import EXPECTED_ERRORS, Feedback, Runner
 from .object_list import ObjectList
 from .objects import ObjectTools
@@ -97,6 +98,8 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self._sync_errors: list[str] = []
         self._sync_changed = False
         self._cancel_action = None  # what Cancel stops: a propagation, segment everything
+        self._task: str | None = None  # the long task running (one at a time)
+        self._prompted_meanwhile = False  # prompts changed during the propagation running
         self.feedback = Feedback()
         self.status = self.feedback.status
         self.runner = Runner(self._on_error)
@@ -164,9 +167,20 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.propagate_button.tooltip = _tip("Track every object through the stack", "propagate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.tooltip = _tip("Stop after the slice in progress", "cancel")
+        self.cancel_everything = PushButton(text="Cancel", enabled=False)
+        self.cancel_everything.tooltip = _tip(
+            "Stop segment everything after the batch of clicks in progress", "cancel"
+        )
+        self.cancel_buttons = {
+            "Segment": self.cancel_button,
+            "Many objects": self.cancel_everything,
+        }
+        many = list(self.objects.widgets)
+        many.insert(many.index(self.objects.segment_all) + 1, self.cancel_everything)
         self.session_folder = FileEdit(label="session folder", mode="d", value="")
         self.save_button = PushButton(text="Save session")
         self.load_button = PushButton(text="Load session")
+        self.exporter = LabelExport(self)
         # Four tabs, so that the dock fits a laptop screen; the progress bar and the status
         # line stay in view below them.
         self.tabs = QTabWidget()
@@ -185,8 +199,11 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                  self.direction, self.first, self.last, self.follow, self.propagate_button,
                  self.cancel_button],
             ),
-            ("Many objects", self.objects.widgets),
-            ("Session", [self.session_folder, self.save_button, self.load_button]),
+            ("Many objects", many),
+            (
+                "Session",
+                [self.session_folder, self.save_button, self.load_button, *self.exporter.widgets],
+            ),
         ):  # fmt: skip
             page = Container(labels=True)
             page.extend([w for w in widgets if not isinstance(w, QWidget)])
@@ -212,6 +229,8 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.redo_button.changed.connect(self.redo_step)
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
+        self.cancel_everything.changed.connect(self.cancel)
+        self.stack_axis.changed.connect(self._on_axis_choice)
         self.save_button.changed.connect(self.save_session)
         self.load_button.changed.connect(self.load_session)
         self.image.changed.connect(self._on_image_choice)
@@ -266,6 +285,19 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                 f"'{image.name}' has SAM2 layers: Start resumes from them (tick 'start afresh' "
                 "for new ones)."
             )
+
+    def _on_axis_choice(self, *_) -> None:
+        """Another *track along* axis mid-session applies only from the next Start: say so."""
+        axis = self.stack_axis.value
+        if self.session is None or self.image.value is not self.image_layer:
+            return
+        tracked = self.geometry.stack_axis
+        if axis is None or axis < 0 or tracked is None or axis == tracked:
+            return
+        self.feedback.error(
+            f"This session tracks along axis {tracked}; 'track along' axis {axis} applies "
+            "when you press Start again, which ends this session (save it first: Session tab)."
+        )
 
     # ------------------------------------------------------------------ start
     def start(self, *_) -> None:
@@ -369,7 +401,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points
         self._set_session_enabled(True)
-        self.propagate_button.enabled = geometry.num_frames > 1
+        self._enable_task_buttons()
         self.direction.enabled = self.first.enabled = self.last.enabled = geometry.num_frames > 1
         what = f"{key[0]} ready · {geometry.num_frames} slice(s)"
         if resume:
@@ -401,6 +433,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                 **common,
             )
         self.labels_layer.events.paint.connect(self.objects.on_paint)
+        self.labels_layer.events.paint.connect(self.note_prompt_change)
         self.objects.source.reset_choices()
         size = max(6.0, round(min(geometry.spatial_shape) / 80))  # visible on large images
         if "clicks" in resume:
@@ -416,6 +449,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                 **common,
             )
         self.points.events.data.connect(self._on_prompts_changed)
+        self.points.events.data.connect(self.note_prompt_change)
         # Before napari's own add-point handler: Shift makes this click negative.
         self.points.mouse_drag_callbacks.insert(0, self._polarity_from_modifiers)
         if "boxes" in resume:
@@ -432,6 +466,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                 **common,
             )
         self.boxes.events.data.connect(self._on_prompts_changed)
+        self.boxes.events.data.connect(self.note_prompt_change)
 
     def end_session(self, message: str | None = "Pick an image and press Start.") -> None:
         """Stop background work and forget the tracker (the layers stay, and a later Start on
@@ -440,17 +475,19 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         if self.session is not None:
             self.session.close()
         if self.labels_layer is not None:
-            try:
-                self.labels_layer.events.paint.disconnect(self.objects.on_paint)
-            except (TypeError, ValueError, RuntimeError):
-                pass
+            for handler in (self.objects.on_paint, self.note_prompt_change):
+                try:
+                    self.labels_layer.events.paint.disconnect(handler)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
         self._stop_history()
         for layer in (self.points, self.boxes):
             if layer is not None:
-                try:
-                    layer.events.data.disconnect(self._on_prompts_changed)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
+                for handler in (self._on_prompts_changed, self.note_prompt_change):
+                    try:
+                        layer.events.data.disconnect(handler)
+                    except (TypeError, ValueError, RuntimeError):
+                        pass
                 if self._polarity_from_modifiers in layer.mouse_drag_callbacks:
                     layer.mouse_drag_callbacks.remove(self._polarity_from_modifiers)
         self.session, self.image_layer = None, None
@@ -504,8 +541,15 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
 
     # ------------------------------------------------------------------ helpers
     def _set_session_enabled(self, on: bool) -> None:
-        for w in (self.new_object, self.undo, self.undo_button, self.redo_button,
-                  self.propagate_button, self.save_button):  # fmt: skip
+        for w in (
+            self.new_object,
+            self.undo,
+            self.undo_button,
+            self.redo_button,
+            self.propagate_button,
+            self.save_button,
+            self.exporter.button,
+        ):
             w.enabled = on
         self.objects.set_enabled(on)
 
@@ -531,6 +575,6 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.feedback.error(message)
 
     def _on_error(self, error: BaseException) -> None:
-        self.end_progress()
-        self.propagate_button.enabled = self.session is not None and self.geometry.num_frames > 1
+        # (a long task's progress ends when its worker finishes, which follows its error: an
+        # error of another worker, a click's, say, leaves the task running)
         self.feedback.error(error)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -12,7 +14,14 @@ from pathlib import Path
 from .. import weights
 from ..io import InputError
 from ..model.config import MODEL_NAMES
-from .common import EXIT_OK, EXIT_WEIGHTS, PROG, WeightsUnavailable
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_WEIGHTS,
+    PROG,
+    WeightsUnavailable,
+)
 
 
 def download(args: argparse.Namespace) -> int:
@@ -51,8 +60,8 @@ def _check_display() -> None:
     raise InputError(
         "napari needs a display, and none was found (DISPLAY and WAYLAND_DISPLAY are unset). "
         "Run `view` in a desktop session (or over `ssh -X`), under a virtual screen with "
-        "`xvfb-run -a napari-sam2 view ...`, or segment without a viewer with "
-        "`napari-sam2 segment` (docs/cli.md)"
+        f"`xvfb-run -a {this_command()} view ...`, or segment without a viewer with "
+        f"`{PROG} segment` (docs/cli.md)"
     )
 
 
@@ -78,6 +87,46 @@ def _read_image(path: str) -> list:
             "reads (TIFF, PNG, JPEG, a zarr folder, ...), or no file for the sample"
         )
     return layers
+
+
+def this_command() -> str:
+    """The command that runs this program, as a shell can run it from anywhere: the script's
+    full path (``napari-sam2`` is often only in a virtual environment's ``bin``), else
+    ``python -m``."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == PROG and script.is_file():
+        return shlex.quote(str(script.resolve()))
+    return f"{shlex.quote(sys.executable)} -m napari_sam2.cli"
+
+
+def _close_on_signals(viewer) -> dict:
+    """Ctrl+C (SIGINT) and SIGTERM close napari. Qt's event loop runs no Python code, so
+    Python would never see the signal: a timer runs a no-op every 200 ms to let it. Returns a
+    dict whose ``"signal"`` is the one received, if any."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    received: dict = {}
+
+    def close(signum, frame) -> None:
+        if "signal" in received:
+            return
+        received["signal"] = signum
+        print(f"{PROG}: {signal.Signals(signum).name}: closing napari", file=sys.stderr)
+        QTimer.singleShot(0, quit_)  # from the event loop (which may not have started yet)
+
+    def quit_() -> None:
+        try:
+            viewer.close()
+        finally:
+            QApplication.quit()
+
+    received["previous"] = {s: signal.signal(s, close) for s in (signal.SIGINT, signal.SIGTERM)}
+    timer = QTimer()
+    timer.timeout.connect(lambda: None)
+    timer.start(200)
+    received["timer"] = timer
+    return received
 
 
 def view(args: argparse.Namespace) -> int:
@@ -114,7 +163,17 @@ def view(args: argparse.Namespace) -> int:
     widget.device.value = args.device
     widget.precision.value = args.precision
     viewer.window.add_dock_widget(widget, name="SAM 2", area="right")
-    napari.run()
+    stop = _close_on_signals(viewer)
+    print(f"{PROG} view: napari is open; close its window (or press Ctrl+C here) to quit.")
+    sys.stdout.flush()
+    try:
+        napari.run()
+    finally:
+        stop["timer"].stop()
+        for s, handler in stop["previous"].items():
+            signal.signal(s, handler)
+    if "signal" in stop:
+        return EXIT_INTERRUPTED if stop["signal"] == signal.SIGINT else EXIT_TERMINATED
     return EXIT_OK
 
 

@@ -1,0 +1,110 @@
+"""Exporting SAM2 labels from the widget: the tracked slices as a TIFF (OME-TIFF pixel sizes) or
+an OME-Zarr labels group, with the image layer's pixel sizes and units, written by the
+command line's own writer (:func:`napari_sam2.io.outputs.label_output`), and the object names
+beside it (``<name>.objects.csv``: id, name)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import FileEdit, PushButton
+
+from ..engine.labels import label_dtype_for
+from ..io.ome import Geometry, label_geometry
+from ..io.outputs import label_output
+from .feedback import EXPECTED_ERRORS
+
+if TYPE_CHECKING:
+    from .widget import SAM2Widget
+
+
+class LabelExport:
+    """The *Export labels* controls of the Session tab (``widgets``)."""
+
+    def __init__(self, widget: SAM2Widget) -> None:
+        self.widget = widget
+        self.path = FileEdit(
+            label="export to", mode="w", filter="*.tif *.tiff *.ome.zarr *.zarr", value=""
+        )
+        self.path.tooltip = (
+            "labels.tif (OME-TIFF) or labels.ome.zarr (OME-Zarr labels), with the image's pixel "
+            "sizes; object names go to <name>.objects.csv beside it"
+        )
+        self.button = PushButton(text="Export labels")
+        self.button.changed.connect(self.export)
+        self.widgets = [self.path, self.button]
+
+    def export(self, *_) -> Path | None:
+        """Write the tracked slices of SAM2 labels to the chosen file (replacing it)."""
+        w = self.widget
+        path = self.path.value
+        if w.session is None or w.labels_layer is None:
+            w.show_problem("Start a session and segment something before exporting its labels.")
+            return None
+        if path in (None, "") or str(path) in ("", "."):
+            w.show_problem("Choose a file to export to: labels.tif or labels.ome.zarr.")
+            return None
+        path = Path(path)
+        frames = w.label_view()
+        ids = sorted(set(w.used_ids()) | {i for f in w._labelled.values() for i in f})
+        shape = (w.geometry.num_frames, *w.geometry.spatial_shape)
+        try:
+            with label_output(
+                path,
+                shape,
+                label_dtype_for(max(ids, default=1)),
+                overwrite=True,
+                geometry=self.geometry(),
+            ) as out:
+                for t in range(shape[0]):
+                    out[t] = np.asarray(frames[t])
+            names = self.write_names(path, ids)
+        except EXPECTED_ERRORS as e:  # a bad name, a folder that cannot be written, a full disk
+            w.feedback.error(e)
+            return None
+        also = f" and the object names to {names.name}" if names is not None else ""
+        w.feedback.done(f"Labels of {shape[0]} slice(s) exported to {path}{also}.", notify=True)
+        return path
+
+    def geometry(self) -> Geometry:
+        """The axes, pixel sizes and units of the exported (slices, Y, X) volume: the image
+        layer's scale and units on its tracked axis and its last two."""
+        w = self.widget
+        image, geometry = w.image_layer, w.geometry
+        ndim = image.ndim  # (napari's ndim leaves out RGB channels)
+        scale = [float(s) for s in image.scale[:ndim]]
+        units = [_unit(u) for u in getattr(image, "units", [None] * ndim)[:ndim]]
+        labels = [str(a).lower() for a in w.viewer.dims.axis_labels[-ndim:]]
+        axes = "".join(a if len(a) == 1 and a in "tzc" else "?" for a in labels[:-2]) + "yx"
+        keep = [geometry.stack_axis, ndim - 2, ndim - 1]
+        if geometry.stack_axis is None:
+            keep = [ndim - 2, ndim - 1]
+        elif axes[geometry.stack_axis] == "?":
+            axes = axes[: geometry.stack_axis] + "z" + axes[geometry.stack_axis + 1 :]
+        known = [s if u is not None or s != 1.0 else None for s, u in zip(scale, units)]
+        return label_geometry(Geometry(axes, tuple(known), tuple(units)), keep)
+
+    def write_names(self, path: Path, ids: list[int]) -> Path | None:
+        """``<name>.objects.csv`` with every object's id and name (None when none is named)."""
+        names = self.widget.names
+        if not any(names.get(i) for i in ids):
+            return None
+        stem = path.name.removesuffix(".ome.zarr").removesuffix(path.suffix)
+        target = path.with_name(f"{stem}.objects.csv")
+        with open(target, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["obj_id", "name"])
+            for i in ids:
+                writer.writerow([i, names.get(i, "")])
+        return target
+
+
+def _unit(unit) -> str | None:
+    """A napari layer unit (pint) as a name, None for pixels (no physical size)."""
+    if unit is None:
+        return None
+    text = str(unit)
+    return None if text in ("pixel", "px", "") else text
