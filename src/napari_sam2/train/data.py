@@ -148,7 +148,8 @@ def check_sources(sources: list[Source], image_size: int) -> None:
             for i, a in zip(ids, areas):
                 if a * scale < MIN_MASK_PIXELS:
                     tiny.append(f"{src.name} frame {t} id {int(i)} ({int(a)} px)")
-        sample = np.asarray(src.frames[:: max(1, src.num_frames // 64)])
+        step = max(1, src.num_frames // 64)
+        sample = np.stack([np.asarray(src.frames[t]) for t in range(0, src.num_frames, step)])
         if np.issubdtype(sample.dtype, np.floating):
             for t in range(src.num_frames):
                 if not np.isfinite(np.asarray(src.frames[t])).all():

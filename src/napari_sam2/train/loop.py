@@ -22,7 +22,6 @@ import torch
 
 from ..io import InputError
 from ..model.checkpoint import (
-    CheckpointError,
     check_state_dict,
     identify,
     pick_device,
@@ -139,9 +138,9 @@ def train(
     natively) or ``auto``. resume: continue an interrupted run from its state file.
     ``progress(step, steps, loss, val_iou)`` is called after every step.
 
-    Every input is checked before the model is built: :class:`~napari_sam2.io.InputError`
-    (data, labels, output), :class:`~napari_sam2.model.CheckpointError` (a base checkpoint of
-    another configuration)."""
+    Every input is checked before the model is built, raising :class:`~napari_sam2.io.InputError`
+    (data, labels, output, a base checkpoint of another configuration); an unreadable checkpoint
+    raises :class:`~napari_sam2.model.CheckpointError`."""
     started = time.perf_counter()
     out = Path(out)
     prompts = prompts or PromptSettings()
@@ -187,7 +186,7 @@ def train(
     guess = identify(state)
     if guess != config.name:
         hint = f": pass --model {guess}" if guess in CONFIGS else ""
-        raise CheckpointError(
+        raise InputError(
             f"base checkpoint {checkpoint} holds {guess or 'an unknown model'}, not {model}{hint}"
         )
 
