@@ -10,6 +10,9 @@ The public API (no Qt needed)::
 
     # many stacks, here or on a Dask cluster (client=Client(...)), resumable
     report = ns.segment_many(["a.tif", "b.tif"], prompts="prompts/", out_dir="out/")
+
+    # fine-tune on your own labelled images or stacks: an official checkpoint + JSON sidecar
+    report = ns.train(["a.tif"], labels=["a_labels.tif"], out="mine.pt", steps=300)
 """
 
 from .batch import BatchReport, segment_many
@@ -23,6 +26,7 @@ from .engine.prompts import PromptError
 from .engine.video import FrameResult, VideoTracker
 from .io.tracks import write_ctc, write_geff, write_tracks_csv
 from .model import MODEL_NAMES, CheckpointError, DeviceError, PrecisionError, SAM2Model
+from .train import TrainReport, train
 from .weights import ChecksumError, DownloadError, WeightsError, load_model
 
 __version__ = "0.1.0"
@@ -57,4 +61,6 @@ __all__ = [
     "write_ctc",
     "write_geff",
     "write_tracks_csv",
+    "TrainReport",
+    "train",
 ]

@@ -302,7 +302,7 @@ def load_model(
     checkpoint: str | os.PathLike | None = None,
     device=None,
     *,
-    image_size: int = 1024,
+    image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool | ProgressFactory = True,
     precision: str = "fp32",
@@ -314,8 +314,9 @@ def load_model(
     checkpoint: path to an official ``.pt`` file. ``None``: the cached download, fetched on
         first use (see :func:`fetch`).
     device: ``None`` picks CUDA, then Apple MPS, then the CPU.
-    image_size: the network's input side in pixels, a multiple of 64 (the official 1024 by
-        default). Smaller is faster and less accurate — the weights are the same.
+    image_size: the network's input side in pixels, a multiple of 64. ``None`` (default): the
+        size a fine-tuned checkpoint's sidecar records (``napari-sam2 train``), else the
+        official 1024. Smaller is faster and less accurate — the weights are the same.
     cache_dir, progress: where downloads go and how their progress is shown (see :func:`fetch`).
     precision: "fp32" (exact, the default), "bf16", "fp16" or "auto": faster, slightly less
         accurate, where the device computes it natively (see docs/troubleshooting.md#speed).

@@ -7,7 +7,7 @@ import argparse
 from .. import weights
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
 from ..model.precision import PRECISIONS
-from . import tools
+from . import tools, train
 from .common import PROG
 from .segment import embed, segment
 
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         "temporary one",
     )
     seg.set_defaults(run=segment)
+
+    train.add_parser(commands, [debug, model], _positive)
 
     emb = commands.add_parser(
         "embed",

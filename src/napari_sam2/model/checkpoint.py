@@ -7,6 +7,7 @@ model the file really holds. Nothing is ever loaded partially.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -186,12 +187,32 @@ def check_state_dict(
     raise CheckpointError("\n".join(lines))
 
 
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a fine-tuned checkpoint's description lives: ``OUT.pt`` -> ``OUT.json``."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def read_sidecar(checkpoint: str | os.PathLike) -> dict:
+    """The JSON sidecar that ``napari_sam2.train`` writes next to a checkpoint ({} if none).
+    Raises :class:`CheckpointError` for a sidecar that is not a JSON object."""
+    path = sidecar_path(checkpoint)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read the checkpoint's sidecar {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"the checkpoint's sidecar {path} is not a JSON object")
+    return data
+
+
 def load_model(
     name: str,
     checkpoint: str | os.PathLike,
     device: str | torch.device | None = None,
     *,
-    image_size: int = 1024,
+    image_size: int | None = None,
     precision: str = "fp32",
     compile: bool = False,
 ) -> SAM2Model:
@@ -201,8 +222,10 @@ def load_model(
     checkpoint: path to an official ``.pt`` file (``{"model": state_dict}``). To download the
         official file on first use, call ``napari_sam2.load_model`` instead.
     device: ``None`` picks CUDA, then MPS, then CPU.
-    image_size: input side in pixels, a multiple of 64 (default: the official 1024); the same
-        weights run at any size, smaller is faster and less accurate.
+    image_size: input side in pixels, a multiple of 64; the same weights run at any size,
+        smaller is faster and less accurate. ``None`` (default): the size a fine-tuned
+        checkpoint was trained at, where its JSON sidecar (``OUT.json`` beside ``OUT.pt``)
+        says so, else the official 1024.
     precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" — see
         :mod:`napari_sam2.model.precision`; one the device cannot compute fast is refused.
     compile: ``torch.compile`` the image encoder and the memory attention (for GPUs).
@@ -216,9 +239,11 @@ def load_model(
             f"no checkpoint path given for {name!r}; napari_sam2.load_model({name!r}) "
             "downloads the official file on first use"
         )
+    state = read_state_dict(checkpoint)
+    if image_size is None:
+        image_size = int(read_sidecar(checkpoint).get("image_size", config.image_size))
     if image_size != config.image_size:
         config = config.with_image_size(image_size)
-    state = read_state_dict(checkpoint)
     model = SAM2Model(config)
     check_state_dict(model, state, str(checkpoint))
     model.load_state_dict(state, strict=True)

@@ -237,8 +237,13 @@ class SAM2Model(nn.Module):
         return F.interpolate(low_res.float(), size=(s, s), mode="bilinear", align_corners=False)
 
     @_in_precision
-    def decode_tracked(self, features, high_res, points, labels, mask_logits, multimask):
+    def decode_tracked(
+        self, features, high_res, points, labels, mask_logits, multimask, stability_fallback=True
+    ):
         """The tracker's decoding step: decode, pick masks, blank absent objects, make the pointer.
+
+        ``stability_fallback=False`` (training) always answers a single-mask request with the
+        single-mask token, as the reference does while training.
 
         Returns (masks (B, M, 4E, 4E), ious (B, M), best_mask (B, 1, 4E, 4E), pointer (B, C),
         object_score (B, 1)).
@@ -260,7 +265,10 @@ class SAM2Model(nn.Module):
                 antialias=True,
             )
         out = self.decode(features, high_res, points, labels, mask_logits)
-        masks, ious = select_masks(out, multimask)
+        if multimask or stability_fallback:
+            masks, ious = select_masks(out, multimask)
+        else:
+            masks, ious = out.masks[:, :1], out.ious[:, :1]
         present = out.object_score > 0  # (B, 1)
         masks = torch.where(present[..., None, None], masks, NO_OBJECT_LOGIT).float()
         rows = torch.arange(b, device=masks.device)
