@@ -72,7 +72,7 @@ class SegmentOptions:
     prompt_frame: int = 0
     auto_frame: int | None = None
     auto: dict = field(default_factory=dict)
-    embeddings_dtype: str = "float16"  # of new embeddings stores
+    embeddings_dtype: str | None = None  # of new stores (None: see engine.embeddings.store_for)
     model: str | None = None  # name, to check an embeddings store before the model loads
     new_objects: int | None = None  # segment everything every N frames for new objects
     divisions: bool = False  # follow dividing cells (forward)

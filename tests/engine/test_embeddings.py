@@ -149,3 +149,45 @@ def test_a_store_can_be_shared_by_trackers_as_an_object(mini_model, tmp_path):
     assert 2 in store and store.frames_done == 1
     store.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_trackers_own_store_is_exact_and_a_kept_one_float16(mini_model, tmp_path):
+    """Defaults: a tracker's temporary store keeps float32 (a revisited frame gives exactly what
+    encoding it again gives); a new store at a path is float16 unless asked otherwise."""
+    import torch
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 40, 48), dtype=np.uint8)
+    own = ns.VideoTracker(mini_model, frames, spill_dir=tmp_path)
+    kept = ns.VideoTracker(mini_model, frames, embeddings=tmp_path / "kept.zarr")
+    try:
+        assert own.embeddings.dtype == "float32"
+        assert kept.embeddings.dtype == "float16"
+        own.add_prompt(1, 1, points=[[20, 24]], labels=[1])
+        first = [r.low_res for r in own.propagate(direction="forward")]
+        own._embeddings.clear_ram()  # the second pass reads every frame from the store
+        again = [r.low_res for r in own.propagate(direction="forward")]
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+    finally:
+        own.close()
+        kept.close()
+
+
+def test_a_temporary_store_the_disk_cannot_hold_in_float32_is_float16_and_said(
+    tmp_path, monkeypatch
+):
+    import shutil
+    from collections import namedtuple
+
+    from napari_sam2.engine import embeddings as store_module
+    from napari_sam2.engine.embeddings import EmbeddingsWarning, store_bytes, temporary_dtype
+    from napari_sam2.model.config import CONFIGS
+
+    layout = store_module.embedding_layout(CONFIGS["sam2.1_hiera_tiny"])
+    need = store_bytes(2000, layout, "float32")
+    assert need == 2000 * 4 * (256 * 64 * 64 + 32 * 256 * 256 + 64 * 128 * 128)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(need, 0, need // 2))
+    with pytest.warns(EmbeddingsWarning, match=r"2000 frames need .* GiB in float32"):
+        assert temporary_dtype(2000, layout, tmp_path) == "float16"
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(4 * need, 0, 4 * need))
+    assert temporary_dtype(2000, layout, tmp_path) == "float32"

@@ -60,8 +60,8 @@ def make_pair(name, video, image_size=256):
     folder, frames = video
     # Objects in batches (the GPU default; on the CPU they run one at a time by default), so
     # that the scenarios with several objects check the batched path.
-    # Embeddings re-read from disk in float32, so that re-propagation is exact too.
-    tracker = ns.VideoTracker(model, frames, object_batch=16, embeddings_dtype="float32")
+    # The default temporary store keeps embeddings in float32, so re-propagation is exact too.
+    tracker = ns.VideoTracker(model, frames, object_batch=16)
     return official, official.init_state(folder), tracker
 
 

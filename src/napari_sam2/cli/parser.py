@@ -91,9 +91,10 @@ def _stack_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--embeddings-dtype",
         choices=("float16", "float32"),
-        default="float16",
+        default=None,
         help="of a new embeddings store: float16 (half the disk, mask IoU >= 0.999) or float32 "
-        "(exact)",
+        "(exact). Default: float16 for a store kept with --embeddings or made by embed; "
+        "float32 for segment's own temporary store (float16 if the disk cannot hold it)",
     )
     return group
 

@@ -6,7 +6,9 @@ another machine — never run the image encoder on a frame twice.
 A store is a zarr group holding, per frame, the image encoder's output (the top-level
 features and the two high-resolution levels the mask decoder reads), one chunk per frame, in
 float16 (half the disk; results agree with float32 to a mask IoU of 0.999 or better, see
-docs/troubleshooting.md#speed) or float32 (exact), and the position encoding they share.
+docs/troubleshooting.md#speed) or float32 (exact), and the position encoding they share. A
+tracker's own temporary store is float32 unless the disk cannot hold it (:func:`temporary_dtype`);
+a store kept at a path of the user's is float16 unless asked otherwise.
 
 What a store returns is proven to be the embedding of that frame under those weights:
 
@@ -506,16 +508,46 @@ def _check_signature(path: Path, stored: dict, expected: dict) -> None:
     )
 
 
-def store_for(embeddings, dtype: str, parent, source, model: SAM2Model) -> EmbeddingStore | None:
+def store_bytes(num_frames: int, layout: dict, dtype: str) -> int:
+    """What ``num_frames`` frames of a store of ``layout`` take on disk in ``dtype``."""
+    per_frame = sum(int(np.prod(shape)) for name, shape in layout.items() if name != "pos")
+    return num_frames * per_frame * np.dtype(dtype).itemsize
+
+
+def temporary_dtype(num_frames: int, layout: dict, parent=None) -> str:
+    """The dtype of a tracker's own temporary store: float32 (exact: the same results as
+    computing every frame again) where the disk holds it, else float16 (half the size), said
+    once with the sizes."""
+    folder = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    need = store_bytes(num_frames, layout, "float32")
+    free = shutil.disk_usage(folder).free
+    if need <= 0.9 * free:
+        return "float32"
+    warnings.warn(
+        f"the embeddings of {num_frames} frames need {need / 2**30:.1f} GiB in float32 and "
+        f"{folder} has {free / 2**30:.1f} GiB free: keeping them in float16 (half the size; "
+        "masks within an IoU of 0.999 of exact). Give a spill folder on a larger disk for "
+        "exact results",
+        EmbeddingsWarning,
+        stacklevel=3,
+    )
+    return "float16"
+
+
+def store_for(
+    embeddings, dtype: str | None, parent, source, model: SAM2Model
+) -> EmbeddingStore | None:
     """The store a tracker uses: None for ``embeddings=False`` (RAM only); a temporary one for
-    None (under ``parent``); the one given; or the one at the path given, checked against
-    ``source`` and ``model``."""
+    None (under ``parent``; ``dtype`` None: :func:`temporary_dtype`); the one given; or the one
+    at the path given, checked against ``source`` and ``model`` (a new one in ``dtype``, None:
+    float16, the default of stores kept on disk)."""
     if embeddings is False:
         return None
     if isinstance(embeddings, EmbeddingStore):
         return embeddings
     layout = embedding_layout(model.config)
     if embeddings is None:
+        dtype = dtype or temporary_dtype(len(source), layout, parent)
         return EmbeddingStore.temporary(len(source), dtype, parent=parent, layout=layout)
     signature = {**data_signature(source), **model_signature(model)}
-    return EmbeddingStore.open(embeddings, signature, len(source), dtype, layout)
+    return EmbeddingStore.open(embeddings, signature, len(source), dtype or "float16", layout)

@@ -20,7 +20,7 @@ import torch
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
-from .embeddings import EmbeddingStore, embedding_layout, frame_fingerprint, store_for
+from .embeddings import EmbeddingStore, frame_fingerprint, store_for
 from .frame_embeddings import FrameEmbeddings
 from .frame_prompts import build_frame_prompt, model_masks
 from .frames import FrameSource, FrameSourceError, Prefetcher
@@ -55,8 +55,9 @@ class VideoTracker:
     and model (one made for anything else, or damaged, is refused; each frame read from it is
     checked against the frame's pixels and is encoded again if they changed); None (default)
     for a temporary store removed on :meth:`close` (beside ``spill_dir``); False for none.
-    ``embeddings_dtype``: "float16" (half the disk, results within a mask IoU of 0.999) or
-    "float32" (exact).
+    ``embeddings_dtype`` of a new store: "float16" (half the disk, results within a mask IoU of
+    0.999) or "float32" (exact); None (default): float32 for the temporary store (float16 where
+    the disk cannot hold it, said once), float16 for a store at a path.
 
     Objects are computed ``object_batch`` at a time (objects whose memories have the same size
     share a batch; default: 16 on a GPU, 1 on the CPU, where batches are no faster): peak memory
@@ -78,7 +79,7 @@ class VideoTracker:
         feature_cache: int = 2,
         object_batch: int | None = None,
         embeddings=None,
-        embeddings_dtype: str = "float16",
+        embeddings_dtype: str | None = None,
     ) -> None:
         self.model = model
         cfg = model.config
@@ -94,9 +95,7 @@ class VideoTracker:
             feature_cache,
             store_for(embeddings, embeddings_dtype, spill_dir, self.source, model),
             fingerprint=lambda t: frame_fingerprint(self.source.read(t)),
-            spare=lambda: EmbeddingStore.temporary(
-                len(self.source), embeddings_dtype, spill_dir, layout=embedding_layout(cfg)
-            ),
+            spare=lambda: store_for(None, embeddings_dtype, spill_dir, self.source, model),
         )
         if object_batch is None:
             object_batch = 1 if model.device.type == "cpu" else GPU_OBJECT_BATCH
