@@ -102,11 +102,28 @@ class TileGrid:
     halo: int
 
     @property
+    def row_starts(self) -> list[int]:
+        return _starts(self.shape[0], self.tile, self.tile - self.halo)
+
+    @property
+    def col_starts(self) -> list[int]:
+        return _starts(self.shape[1], self.tile, self.tile - self.halo)
+
+    @property
     def windows(self) -> list[Window]:
+        return self._windows(self.row_starts, self.col_starts)
+
+    def _windows(self, rows, cols) -> list[Window]:
         h, w = self.shape
-        stride = self.tile - self.halo
-        rows, cols = _starts(h, self.tile, stride), _starts(w, self.tile, stride)
         return [(r, c, min(r + self.tile, h), min(c + self.tile, w)) for r in rows for c in cols]
+
+    def windows_holding(self, rows: np.ndarray, cols: np.ndarray) -> list[Window]:
+        """The grid windows that contain every coordinate (without listing the whole grid)."""
+        th = min(self.tile, self.shape[0])
+        tw = min(self.tile, self.shape[1])
+        rs = [r for r in self.row_starts if r - 0.5 <= rows.min() and rows.max() <= r + th - 0.5]
+        cs = [c for c in self.col_starts if c - 0.5 <= cols.min() and cols.max() <= c + tw - 0.5]
+        return self._windows(rs, cs)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -158,7 +175,7 @@ class TileGrid:
         than a window (answer on the downscaled whole image)."""
         rows, cols = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
         best, best_margin = None, -math.inf
-        for window in self.windows:
+        for window in self.windows_holding(rows, cols):
             m = self.margin(window, rows, cols)
             if m > best_margin:
                 best, best_margin = window, m
