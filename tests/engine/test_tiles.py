@@ -73,3 +73,20 @@ def test_a_tile_outside_the_image_is_refused(mini_model):
     untiled.set_image(np.zeros((100, 100), np.uint8))
     with pytest.raises(ns.PromptError, match="tile= is for tiled images"):
         untiled.predict(points=[(10, 10)], labels=[1], tile=(0, 0, 50, 50))
+
+
+@pytest.mark.refused
+def test_an_empty_prompt_on_a_tiled_image_embeds_nothing(mini_model):
+    p = ns.ImagePredictor(mini_model, tiles=True)
+    p.set_image(np.zeros((300, 400), np.uint8))
+    with pytest.raises(ns.PromptError, match="give at least one of points"):
+        p.predict()
+    assert p.windows_embedded == []
+
+
+@pytest.mark.refused
+def test_bad_tile_options_of_segment_everything_are_refused(mini_model):
+    with pytest.raises(TilesError, match="tiles must be True, False or 'auto'"):
+        ns.AutomaticMaskGenerator(mini_model, tiles="no")
+    with pytest.raises(TilesError, match="halo must be >= 0"):
+        ns.AutomaticMaskGenerator(mini_model, tiles=True, halo=-3)

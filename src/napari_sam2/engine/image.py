@@ -259,6 +259,8 @@ class ImagePredictor:
             raise RuntimeError("no image set: call set_image(image) before predict()")
         prompt = Prompt.build(self._shape, points, labels, box)
         mask = self._mask_input(mask_input)
+        if prompt.num_points == 0 and prompt.box is None and mask is None:
+            raise PromptError("give at least one of points (with labels), box or mask_input")
         if self._image is None:
             if tile is not None:
                 raise PromptError(
