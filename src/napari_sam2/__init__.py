@@ -18,11 +18,12 @@ The public API (no Qt needed)::
 from .batch import BatchReport, segment_many
 from .engine.automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from .engine.frames import FrameSourceError
-from .engine.image import ImagePredictor, Prediction
+from .engine.image import ImagePredictor, Prediction, WindowMasks
 from .engine.labels import LabelError, LabelSink, track_to_labels
 from .engine.lineage import LineageOptions, Track
 from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
+from .engine.tiles import TilesError
 from .engine.video import FrameResult, VideoTracker
 from .io.tracks import write_ctc, write_geff, write_tracks_csv
 from .model import MODEL_NAMES, CheckpointError, DeviceError, PrecisionError, SAM2Model
@@ -52,6 +53,8 @@ __all__ = [
     "Prediction",
     "PrecisionError",
     "PromptError",
+    "TilesError",
+    "WindowMasks",
     "SAM2Model",
     "load_model",
     "BatchReport",

@@ -429,10 +429,13 @@ def prompt_tracker(
 
 def segment_everything(model, stack, checked: CheckedJob, options: SegmentOptions) -> np.ndarray:
     """The label image of everything SAM 2 finds on the job's ``prompt_frame`` (ids 1..N by
-    decreasing predicted IoU), seen with the stack's channel and intensity window."""
+    decreasing predicted IoU), seen with the stack's channel and intensity window. A frame
+    larger than 1.5 times the model's input is segmented in native-resolution windows
+    (``tiles="auto"``, docs/big-images.md)."""
     from .engine.automatic import AutomaticMaskGenerator, masks_to_labels
 
-    generator = AutomaticMaskGenerator(model, channel=options.channel, **options.auto)
+    auto = {"tiles": "auto", **options.auto}
+    generator = AutomaticMaskGenerator(model, channel=options.channel, **auto)
     frame = np.asarray(stack.frames[checked.prompt_frame])
     records = generator.generate(frame, window=checked.window)
     if not records:

@@ -51,7 +51,16 @@ from .mask_ops import (
     stability_score,
     touches_inner_crop_edge,
 )
-from .preprocess import DEFAULT_PERCENTILES, IntensityWindow, to_model_input, to_rgb_unit
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    IntensityWindow,
+    as_window,
+    check_frame_layout,
+    sample_window,
+    to_model_input,
+    to_rgb_unit,
+)
+from .tiles import TileGrid, check_tile_options, resolve_tiles, tile_geometry
 
 MIN_IMAGE_SIDE = 8
 LOGIT_CLAMP = 32.0  # low-res logits fed back for the m2m refinement are clamped, as official
@@ -177,6 +186,11 @@ class AutomaticMaskGenerator:
       once with its own logits as mask input.
     - ``channel``, ``percentiles``: how images other than 8-bit RGB are shown to the model, as in
       :class:`~napari_sam2.ImagePredictor`.
+    - ``tiles`` (``True``, ``False`` or ``"auto"``: images whose longer side exceeds 1.5 times
+      the model's input), ``tile``, ``halo``: segment a big image in native-resolution windows
+      of ``tile`` pixels (default the model's input) overlapping by ``halo`` (default a
+      quarter of the tile), and merge what they find (:mod:`.automatic_tiles`,
+      docs/big-images.md). Not in the official generator.
 
     Raises ValueError naming the parameter and its allowed range.
     """
@@ -200,7 +214,11 @@ class AutomaticMaskGenerator:
         use_m2m: bool = False,
         channel: int = 0,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        tiles: bool | str = False,
+        tile: int | None = None,
+        halo: int | None = None,
     ) -> None:
+        check_tile_options(tiles, tile, halo)
         check_options(
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
@@ -235,6 +253,8 @@ class AutomaticMaskGenerator:
         self.use_m2m = bool(use_m2m)
         self.channel = channel
         self.percentiles = percentiles
+        self.tiles = tiles
+        self.tile, self.halo = tile_geometry(model.config.image_size, tile, halo)
         # Points per side of each crop layer; a layer's grid is built when its crop is reached.
         self._grid_sides = list(
             grid_sides(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
@@ -263,29 +283,67 @@ class AutomaticMaskGenerator:
         Returns the records in the official order: with one crop, by decreasing predicted IoU;
         with crop layers, masks from smaller crops first, each crop's masks by decreasing
         predicted IoU (ties keep the order of the clicks, row by row, and of the hypotheses).
+
+        Tiled (``tiles``; ``image`` may then be lazy: only one window is read at a time, and
+        without ``window`` the percentiles come from a strided sample): the windows' records
+        merged, by decreasing predicted IoU (:func:`~.automatic_tiles.merge_window_records`);
+        ``total`` counts the clicks of every window, so progress and cancel work per batch.
         """
         if progress is not None and not callable(progress):
             raise OptionTypeError(
                 f"progress must be a function progress(done, total) or None, got {progress!r} "
                 f"({type(progress).__name__})"
             )
-        image = np.asarray(image)
-        if image.ndim not in (2, 3) or image.size == 0:
+        if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+            image = np.asarray(image)
+        shape = tuple(int(n) for n in image.shape)
+        if len(shape) not in (2, 3) or 0 in shape:
             raise ValueError(
-                f"image must be a non-empty (H, W) or (H, W, C) array, got shape {image.shape}"
+                f"image must be a non-empty (H, W) or (H, W, C) array, got shape {shape}"
             )
-        height, width = image.shape[:2]
+        height, width = shape[:2]
         if height < MIN_IMAGE_SIDE or width < MIN_IMAGE_SIDE:
             raise ValueError(
                 f"image must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got "
-                f"{height}x{width} (shape {image.shape}); if channels come first, move them last"
+                f"{height}x{width} (shape {shape}); if channels come first, move them last"
             )
-        rgb = to_rgb_unit(image, channel=self.channel, window=window, percentiles=self.percentiles)
-        crops = crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
-        total = sum(self._grid_sides[c.layer] ** 2 for c in crops)
-        counter = _Progress(progress, total)
+        tiled = resolve_tiles(self.tiles, (height, width), self.model.config.image_size, self.tile)
+        if tiled:
+            grid = TileGrid((height, width), self.tile, self.halo)
+            regions = grid.windows
+            check_frame_layout(shape, image.dtype, self.channel)
+            window = as_window(window)
+            if window is None and np.dtype(image.dtype) not in (np.uint8, np.bool_):
+                window = sample_window(image, self.channel, self.percentiles)
+        else:
+            image = np.asarray(image)
+            rgb = to_rgb_unit(
+                image, channel=self.channel, window=window, percentiles=self.percentiles
+            )
+            regions = [(0, 0, height, width)]
+        r0, c0, r1, c1 = regions[0]
+        crops = crop_boxes((r1 - r0, c1 - c0), self.crop_n_layers, self.crop_overlap_ratio)
+        per_region = sum(self._grid_sides[c.layer] ** 2 for c in crops)
+        counter = _Progress(progress, per_region * len(regions))
         counter.advance(0)
+        if not tiled:
+            return self._generate_rgb(rgb, crops, counter)
 
+        from .automatic_tiles import merge_window_records
+
+        found = []
+        for r0, c0, r1, c1 in regions:
+            pixels = np.asarray(image[r0:r1, c0:c1])
+            rgb = to_rgb_unit(
+                pixels, channel=self.channel, window=window, percentiles=self.percentiles
+            )
+            del pixels
+            found.append(((r0, c0, r1, c1), self._generate_rgb(rgb, crops, counter)))
+        return merge_window_records(found, grid, self.crop_nms_thresh)
+
+    def _generate_rgb(self, rgb: np.ndarray, crops: list[Crop], counter) -> list[MaskRecord]:
+        """The records of one (H, W, 3) image in [0, 1] (the whole image or one window)."""
+        height, width = rgb.shape[:2]
         per_crop = [self._process_crop(rgb, crop, counter) for crop in crops]
         found = _Candidates.concat(per_crop)
         crop_of = [c.crop for c in per_crop for _ in range(len(c))]

@@ -304,10 +304,7 @@ def prepare_large_image(
     height, width = shape[:2]
     k = max(1, max(height, width) // (2 * image_size))
     if window is None and dtype not in (np.uint8, np.bool_):
-        step = max(1, math.isqrt(height * width // 1_000_000))
-        sample = _select_channels(np.asarray(image[::step, ::step]), channel)
-        _check_finite(sample)
-        window = IntensityWindow.from_percentiles(sample, percentiles)
+        window = sample_window(image, channel, percentiles)
     rows_per_strip = k * max(1, _STRIP_PIXELS // (width * k))
     col_starts = np.arange(0, width, k)
     col_counts = np.diff(np.append(col_starts, width)).astype(np.float32)
@@ -330,6 +327,18 @@ def prepare_large_image(
         reduced[r0 // k : r0 // k + len(block)] = block
     rgb = torch.from_numpy(reduced).expand(-1, -1, 3)  # gray: three views of one channel
     return to_model_input(rgb, image_size=image_size)
+
+
+def sample_window(
+    image, channel: int = 0, percentiles: Sequence[float] = DEFAULT_PERCENTILES
+) -> IntensityWindow:
+    """The percentile window of a frame too big to read whole (lazy or not): computed on an
+    evenly strided sample of about a million pixels, ``image[::s, ::s]``."""
+    height, width = (int(n) for n in image.shape[:2])
+    step = max(1, math.isqrt(height * width // 1_000_000))
+    sample = _select_channels(np.asarray(image[::step, ::step]), channel)
+    _check_finite(sample)
+    return IntensityWindow.from_percentiles(sample, percentiles)
 
 
 def _check_finite(values: np.ndarray) -> None:
