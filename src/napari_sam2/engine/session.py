@@ -242,24 +242,27 @@ class PromptSession:
                     run.close()
                 raise
 
-    def lineage(self, upto: int | None = None):
+    def lineage(self, upto: int | None = None, keep: bool = True):
         """The tracker's :class:`~.lineage.Lineage` table as the frames up to ``upto`` decide it
-        (``[]`` without one), and its edits: (tracks, edits)."""
+        (``[]`` without one), and its edits: (tracks, edits). ``keep``: forget removed objects
+        first (not needed, and not cheap, between the frames of a propagation)."""
         with self.lock:
             lineage = self.tracker._lineage
             if lineage is None:
                 return [], []
-            lineage.keep_only(self.tracker.obj_ids)
+            if keep:
+                lineage.keep_only(self.tracker.obj_ids)
             return lineage.table_upto(upto), list(lineage.edits)
 
     def lineage_edit(self, action: str, *args):
-        """``Lineage.cut``/``join``/``divide``/``remove_edit`` on the tracker's lineage (one is
-        made if there is none); returns the relabelling of labels written so far."""
-        from .lineage import Lineage
-
+        """``Lineage.cut``/``join``/``divide``/``remove_edit`` on the tracker's lineage; returns
+        the relabelling of labels written so far. ValueError without a lineage."""
         with self.lock:
             if self.tracker._lineage is None:
-                self.tracker._lineage = Lineage()
+                raise ValueError(
+                    "there is no lineage yet: propagate forward with 'detect divisions' or "
+                    "'find new objects' first"
+                )
             return getattr(self.tracker._lineage, action)(*args)
 
     def plan(self, direction="forward", start=None, stop=None) -> int:

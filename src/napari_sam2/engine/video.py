@@ -381,7 +381,13 @@ class VideoTracker:
             from .lineage_tracking import propagate_with_lineage
 
             return propagate_with_lineage(
-                self, direction, start, stop, new_objects, divisions, lineage_options,
+                self,
+                direction,
+                start,
+                stop,
+                new_objects,
+                divisions,
+                lineage_options,
                 edits=lineage_edits,
             )
         passes = self.plan(direction, start, stop)
