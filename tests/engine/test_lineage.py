@@ -120,3 +120,76 @@ def test_thresholds_out_of_range_are_refused_by_name(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         LineageOptions(**bad)
+
+
+# ---------------------------------------------------------------------- the user's corrections
+def test_a_cut_gives_the_rest_of_a_track_a_new_id_that_survives_recording_again():
+    lineage = Lineage(LineageOptions(vanish=3))
+    frames = [{1: disc((20, 30)) if t < 6 or t > 9 else np.zeros((H, W), bool)} for t in range(13)]
+    record_all(lineage, frames[:6])
+    moves = lineage.cut(1, 3)
+    new = max(t.id for t in lineage.table())
+    assert lineage.table() == [Track(1, 0, 2, 0), Track(new, 3, 5, 0)]
+    assert moves == [(3, moves[0][1], 1, new)] and moves[0][1] >= 12  # frames 3 on: 1 -> new
+    assert lineage.track_ids(4, 1).tolist() == [new] and lineage.track_ids(2, 1).tolist() == [1]
+    record_all(lineage, frames)  # propagated again, further: the cut stays
+    table = lineage.table()
+    assert table[:2] == [Track(1, 0, 2, 0), Track(new, 3, 5, 0)]
+    (later,) = table[2:]  # the object seen again after its gap: a track of its own
+    assert later.first_frame == 10 and later.id not in (1, new)  # never the cut's id
+    assert lineage.remove_edit() == [(3, moves[0][1], new, 1)]
+    assert lineage.table()[0] == Track(1, 0, 5, 0)
+
+
+def test_joining_two_tracks_makes_one_id_and_tracks_that_share_a_slice_are_refused():
+    empty = np.zeros((H, W), bool)
+    frames = [{1: disc((20, 15)) if t < 4 else empty, 2: disc((20, 18)) if t >= 5 else empty}
+              for t in range(9)]  # fmt: skip
+    lineage = Lineage()
+    record_all(lineage, frames)
+    moves = lineage.join(2, 1)  # either order: the earlier one keeps its id
+    assert lineage.table() == [Track(1, 0, 8, 0)]
+    assert lineage.track_ids(6, 2).tolist() == [1]
+    assert moves == [(0, moves[0][1], 2, 1)]
+    lineage = Lineage()
+    record_all(lineage, [{1: disc((20, 15)), 2: disc((20, 45))} for t in range(4)])
+    with pytest.raises(ValueError, match="share slices"):
+        lineage.join(1, 2)
+    with pytest.raises(ValueError, match="no track 9"):
+        lineage.cut(9, 2)
+    with pytest.raises(ValueError, match="slices 0-3"):
+        lineage.cut(1, 0)
+    assert lineage.edits == []  # nothing half-added
+
+
+def test_a_marked_division_links_daughters_to_their_parent_and_survives_recording_again():
+    """The tracker followed one daughter as the cell (object 1) and found the other as a new
+    object (2): marking the division makes the parent end and both daughters start there."""
+    empty = np.zeros((H, W), bool)
+    frames = [{1: disc((20, 30 - (t >= 5) * 8)), 2: disc((20, 38)) if t >= 5 else empty}
+              for t in range(9)]  # fmt: skip
+    lineage = Lineage(LineageOptions(divisions=False))
+    record_all(lineage, frames)
+    moves = lineage.divide(5, 1, [1, 2])
+    table = lineage.table()
+    rest = next(t.id for t in table if t.id not in (1, 2))
+    assert table == sorted([Track(1, 0, 4, 0), Track(2, 5, 8, 1), Track(rest, 5, 8, 1)],
+                           key=lambda t: t.id)  # fmt: skip
+    assert lineage.parents() == {2: 1, rest: 1}
+    assert lineage.track_ids(6, 1).tolist() == [rest]
+    assert [m[2:] for m in moves] == [(1, rest)]
+    record_all(lineage, frames)  # propagated again: the same lineage
+    assert lineage.table() == table
+    with pytest.raises(ValueError, match="later slice"):
+        lineage.divide(0, 1, [2])
+
+
+def test_edits_are_saved_as_plain_dicts_and_bad_ones_are_refused():
+    from napari_sam2.engine.lineage_edits import Cut, Division, Join, edit_from_dict, edit_to_dict
+
+    for edit in (Cut(1, 3, 7), Join(1, 2), Division(4, 1, (1, 5), (8, 9, 10))):
+        assert edit_from_dict(edit_to_dict(edit)) == edit
+    with pytest.raises(ValueError, match="not a lineage edit"):
+        edit_from_dict({"kind": "split", "track": 1})
+    with pytest.raises(ValueError, match="whole numbers"):
+        edit_from_dict({"kind": "cut", "track": "a", "frame": 1, "new_id": 2})

@@ -33,6 +33,7 @@ class ObjectInfo:
     prompted: list[int] = field(default_factory=list)  # slices with a prompt
     labelled: int = 0  # slices where it has labels
     visible: bool = True
+    lineage: str = ""  # parent and daughters (lineage_tab.lineage_note), after the slices
 
 
 class ObjectList(QWidget):
@@ -117,7 +118,7 @@ class ObjectList(QWidget):
         if color is not None:
             ident.setBackground(color)
         name = QTableWidgetItem(info.name or f"object {info.obj_id}")
-        prompted = QTableWidgetItem(_slices(info.prompted))
+        prompted = QTableWidgetItem(_slices(info.prompted) + info.lineage)
         labelled = QTableWidgetItem(str(info.labelled))
         for item in (prompted, labelled):
             item.setFlags(Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled)

@@ -232,6 +232,7 @@ class PromptingMixin(UndoMixin):
             prompted = tracker.prompted_frames(obj_id) if obj_id in tracker.obj_ids else []
             labelled = sum(1 for present in self._labelled.values() if obj_id in present)
             infos.append(ObjectInfo(obj_id, self.names.get(obj_id, ""), prompted, labelled))
+            infos[-1].lineage = self.lineage.note(obj_id)  # parents, daughters (lineage_tab)
         self.object_list.show_objects(infos, self.labels_layer)
 
     def _select_object(self, obj_id: int) -> None:

@@ -29,16 +29,22 @@ class PropagationMixin:
         except EXPECTED_ERRORS as e:  # no prompt yet, a range outside the stack
             self.feedback.error(_in_slices(e, self.direction.value))
             return
+        try:
+            lineage = self.lineage.propagate_options(self.direction.value)
+        except EXPECTED_ERRORS as e:  # divisions backward, a bad finder setting
+            self.feedback.error(e)
+            return
         yields = sum(abs(b - a) + 1 for a, b, _ in passes)
         slices = len({f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)})
         self._written = set()
         self._prompted_meanwhile = False
         self.feedback.say(f"Propagating {self.direction.value} over {slices} slices…")
         self.propagation_worker = self.run(
-            self.session.propagate,
+            self.lineage.results,
             self.direction.value,
             start,
             stop,
+            lineage,
             yielded=self._show_frame,
             finished=lambda: self._propagation_done(yields, slices),
         )
@@ -53,6 +59,7 @@ class PropagationMixin:
         self.write_result(result, undoable=False)
         self.labels_layer.refresh()
         self._written.add(result.frame)
+        self.lineage.on_frame(result)
         self.advance_progress(1)
         if self.follow.value:
             self.go_to_frame(result.frame)
@@ -62,6 +69,7 @@ class PropagationMixin:
         self.end_progress()
         if self.session is None:
             return  # the session ended meanwhile (the image was removed): that message stays
+        self.lineage.on_done()
         self.refresh_objects()
         written = len(self._written)
         # Prompts given while it ran: noted when they were given (their sync may finish after

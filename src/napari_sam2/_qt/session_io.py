@@ -48,6 +48,7 @@ def save_arguments(widget) -> dict:
         },
         "prompts": widget.prompt_rows(),
         "labels": widget.labels_layer.data,
+        "lineage_edits": widget.lineage.saved_edits(),
     }
 
 

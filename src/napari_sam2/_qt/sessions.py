@@ -113,6 +113,7 @@ class SessionMixin:
             str(k): v for k, v in saved.mask_prompts.items()
         }
         self.names = dict(saved.names)
+        self.lineage.restore(saved.lineage_edits)
         # The clicks and boxes replaced without a sync per change: the layers assign object ids
         # after adding, so a sync on the way would see every click as the current object's.
         layers = (self.points, self.boxes)

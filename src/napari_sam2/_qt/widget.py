@@ -26,6 +26,7 @@ from . import labels_data, shortcuts
 from . import layers as L
 from .export import LabelExport
 from .feedback import EXPECTED_ERRORS, Feedback, Runner
+from .lineage_tab import LineageTools
 from .object_list import ObjectList
 from .objects import ObjectTools
 from .prompting import META, PromptingMixin
@@ -181,7 +182,8 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.save_button = PushButton(text="Save session")
         self.load_button = PushButton(text="Load session")
         self.exporter = LabelExport(self)
-        # Four tabs, so that the dock fits a laptop screen; the progress bar and the status
+        self.lineage = LineageTools(self)
+        # Five tabs, so that the dock fits a laptop screen; the progress bar and the status
         # line stay in view below them.
         self.tabs = QTabWidget()
         self.pages = {}
@@ -196,10 +198,11 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                 "Segment",
                 [self.obj_id, self.new_object, self.negative, self.undo, self.undo_button,
                  self.redo_button, self.object_list,
-                 self.direction, self.first, self.last, self.follow, self.propagate_button,
-                 self.cancel_button],
+                 self.direction, self.first, self.last, self.follow,
+                 *self.lineage.options_widgets, self.propagate_button, self.cancel_button],
             ),
             ("Many objects", many),
+            ("Lineage", self.lineage.widgets),
             (
                 "Session",
                 [self.session_folder, self.save_button, self.load_button, *self.exporter.widgets],
@@ -552,6 +555,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         ):
             w.enabled = on
         self.objects.set_enabled(on)
+        self.lineage.set_enabled(on)
 
     def run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
         return self.runner.run(

@@ -27,6 +27,10 @@ Rules, with the thresholds of :class:`LineageOptions`:
 
 The first track of an object has the object's id, so without divisions or gaps the tracks are
 the objects. New ids start above every object id and track id seen.
+
+The user's corrections (mark a division, join, cut: :mod:`.lineage_edits`) are kept in
+``edits`` and applied each time the table is derived, so they survive propagating again;
+:meth:`Lineage.cut`, :meth:`Lineage.join` and :meth:`Lineage.divide` check and add one.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+
+from .lineage_edits import Cut, Division, Edited, Join, apply_edits, renames, reserved_ids
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -166,6 +172,8 @@ class Lineage:
         self._pairs: dict[int, list[tuple[int, int, float]]] = {}  # frame -> overlaps
         self._state = _Replay()
         self.emitted: set[int] = set()  # track ids given to results: cleared where absent
+        self.edits: list = []  # the user's corrections, applied in order (lineage_edits.py)
+        self._edited: tuple | None = None  # (key, Edited) of the last derivation
 
     # ------------------------------------------------------------------ input
     def record(self, frame: int, obj_ids, masks, scale=(1.0, 1.0)) -> None:
@@ -196,8 +204,8 @@ class Lineage:
 
     def table_upto(self, upto: int | None) -> list[Track]:
         """The tracks as the frames up to ``upto`` (None: all) decide them."""
-        state = self._replayed(upto)
-        return [Track(i, *state.rows[i]) for i in sorted(state.rows)]
+        rows = self._edited_state(upto).rows
+        return [Track(i, *rows[i]) for i in sorted(rows)]
 
     def merges_upto(self, upto: int | None) -> list[Merge]:
         return list(self._replayed(upto).merges)
@@ -220,13 +228,13 @@ class Lineage:
         objects not in it are forgotten first (removed from the tracker)."""
         if keep is not None:
             self.keep_only(keep)
-        state = self._replayed()
-        return [Track(i, *state.rows[i]) for i in sorted(state.rows)]
+        return self.table_upto(None)
 
     def used_ids(self) -> set[int]:
-        """Every object and track id seen so far (new ids must avoid them)."""
+        """Every object and track id seen so far, and those the edits give out (new ids must
+        avoid them)."""
         state = self._replayed()
-        return set(state.used) | set(state.rows)
+        return set(state.used) | set(state.rows) | reserved_ids(self.edits)
 
     @property
     def merges(self) -> list[Merge]:
@@ -239,7 +247,11 @@ class Lineage:
     def track_ids(self, frame: int, obj_id: int, upto: int | None = None) -> np.ndarray:
         """The track id of each component of ``obj_id``'s mask on ``frame`` ((K,) int64), as
         the frames up to ``upto`` (default: all) decide it."""
-        return self._replayed(upto).assign.get(int(frame), {}).get(int(obj_id), np.zeros(0, int))
+        raw = self._replayed(upto).assign.get(int(frame), {}).get(int(obj_id), np.zeros(0, int))
+        if not self.edits or not len(raw):
+            return raw
+        edited = self._edited_state(upto)
+        return np.array([edited.id_at(int(i), int(frame)) for i in raw], dtype=np.int64)
 
     def components(self, frame: int, obj_id: int) -> Components | None:
         return self._frames.get(int(frame), {}).get(int(obj_id))
@@ -251,6 +263,91 @@ class Lineage:
                 for obj_id, comp in entry.items():
                     if comp.labels is not None:
                         entry[obj_id] = Components(comp.areas, comp.centroids)
+
+    # ------------------------------------------------------------------ corrections
+    def cut(self, track: int, frame: int) -> list[tuple[int, int, int, int]]:
+        """Cut ``track`` on ``frame``: from there on it is a new track (no parent). Returns the
+        relabelling of labels written so far (:func:`~.lineage_edits.renames`)."""
+        row = self._row(track)
+        if not row.first_frame < frame <= row.last_frame:
+            raise ValueError(
+                f"track {track} runs over slices {row.first_frame}-{row.last_frame}: cut it on "
+                f"a slice after {row.first_frame}, up to {row.last_frame}"
+            )
+        return self.add_edit(Cut(int(track), int(frame), self._next_id()))
+
+    def join(self, first: int, second: int) -> list[tuple[int, int, int, int]]:
+        """One track of two: the later-starting one continues the other (keeps its id)."""
+        a, b = sorted((self._row(first), self._row(second)), key=lambda r: r.first_frame)
+        if a.id == b.id:
+            raise ValueError(f"track {a.id} cannot be joined with itself: pick two tracks")
+        if a.last_frame >= b.first_frame:
+            raise ValueError(
+                f"tracks {a.id} (slices {a.first_frame}-{a.last_frame}) and {b.id} (slices "
+                f"{b.first_frame}-{b.last_frame}) share slices, so they are two cells: cut one "
+                "of them first"
+            )
+        return self.add_edit(Join(a.id, b.id))
+
+    def divide(self, frame: int, parent: int, daughters) -> list[tuple[int, int, int, int]]:
+        """``parent`` divides on ``frame`` into ``daughters`` (tracks that go on from there;
+        ``parent`` itself may be one: the tracker followed one daughter as the cell)."""
+        daughters = tuple(int(d) for d in daughters)
+        row = self._row(parent)
+        if not daughters or len(set(daughters)) != len(daughters):
+            raise ValueError(f"a division needs daughter tracks, each once; got {daughters}")
+        if frame <= row.first_frame:
+            raise ValueError(
+                f"track {parent} starts on slice {row.first_frame}: it can divide on a later "
+                "slice only"
+            )
+        for d in daughters:
+            r = self._row(d)
+            if r.last_frame < frame:
+                raise ValueError(
+                    f"track {d} ends on slice {r.last_frame}, before slice {frame}: it cannot "
+                    "be a daughter there"
+                )
+        start = self._next_id()
+        new_ids = tuple(range(start, start + len(daughters) + 1))
+        return self.add_edit(Division(int(frame), int(parent), daughters, new_ids))
+
+    def add_edit(self, edit) -> list[tuple[int, int, int, int]]:
+        """Add a correction (checked to apply to the table now); returns the relabelling."""
+        before = self._edited_state()
+        edits = [*self.edits, edit]
+        after = apply_edits(self._replayed().rows, edits)
+        if edit in after.skipped:
+            raise ValueError(f"{edit}: does not apply to the tracks as they are now")
+        self.edits = edits
+        return renames(before, after)
+
+    def remove_edit(self, edit=None) -> list[tuple[int, int, int, int]]:
+        """Take back a correction (the last one by default); returns the relabelling."""
+        if not self.edits:
+            raise ValueError("there is no lineage correction to take back")
+        before = self._edited_state()
+        edits = list(self.edits)
+        edits.remove(edits[-1] if edit is None else edit)
+        self.edits = edits
+        return renames(before, self._edited_state())
+
+    def _row(self, track: int) -> Track:
+        rows = {t.id: t for t in self.table_upto(None)}
+        if int(track) not in rows:
+            known = ", ".join(map(str, sorted(rows))) or "none yet: propagate first"
+            raise ValueError(f"there is no track {track} in the lineage (tracks: {known})")
+        return rows[int(track)]
+
+    def _next_id(self) -> int:
+        return max(self.used_ids() | {t.id for t in self.table_upto(None)}, default=0) + 1
+
+    def _edited_state(self, upto: int | None = None) -> Edited:
+        state = self._replayed(upto)
+        key = (state.frame, tuple(self.edits))
+        if self._edited is None or self._edited[0] is not state or self._edited[1] != key:
+            self._edited = (state, key, apply_edits(state.rows, self.edits))
+        return self._edited[2]
 
     # ------------------------------------------------------------------ derivation
     def _replayed(self, upto: int | None = None) -> _Replay:
@@ -344,7 +441,7 @@ class Lineage:
             tracks.append(_Active(d, np.asarray(c), frame))
 
     def _fresh(self, s: _Replay) -> int:
-        return max(s.used | set(s.rows), default=0) + 1
+        return max(s.used | set(s.rows) | reserved_ids(self.edits), default=0) + 1
 
     def _report(self, s: _Replay, frame: int, ids, obj_ids) -> None:
         key = tuple(sorted(ids))

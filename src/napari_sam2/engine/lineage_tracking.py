@@ -51,9 +51,11 @@ def propagate_with_lineage(
     divisions: bool | None = None,
     options: LineageOptions | None = None,
     detector=None,
+    edits=None,
 ) -> Iterator[FrameResult]:
     """Check everything, then return the generator of results (see the module docstring).
-    ``divisions`` None: as the tracker's lineage had it (else False)."""
+    ``divisions`` None: as the tracker's lineage had it (else False). ``edits``: the user's
+    lineage corrections (:mod:`.lineage_edits`), replacing the lineage's."""
     every = check_new_objects(new_objects)
     if divisions is None:
         divisions = tracker._lineage is not None and tracker._lineage.options.divisions
@@ -82,6 +84,8 @@ def propagate_with_lineage(
             lineage.options = wanted
             lineage.clear_derived()
         lineage.keep_only(tracker.obj_ids)
+        if edits is not None:
+            lineage.edits = list(edits)
         tracker._lineage = lineage
     else:
         tracker._lineage = None  # a lineage is of time running forward

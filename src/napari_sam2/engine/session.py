@@ -224,10 +224,11 @@ class PromptSession:
             if not self.tracker.closed:
                 self.tracker.embed(frame)
 
-    def propagate(self, direction="forward", start=None, stop=None):
-        """Like :meth:`VideoTracker.propagate`, holding the lock for each frame only."""
+    def propagate(self, direction="forward", start=None, stop=None, **lineage):
+        """Like :meth:`VideoTracker.propagate` (``lineage``: its new_objects, divisions,
+        lineage_options, lineage_edits), holding the lock for each frame only."""
         with self.lock:
-            run = self.tracker.propagate(direction, start, stop)
+            run = self.tracker.propagate(direction, start, stop, **lineage)
         while True:
             with self.lock:
                 try:
@@ -240,6 +241,29 @@ class PromptSession:
                 with self.lock:
                     run.close()
                 raise
+
+    def lineage(self, upto: int | None = None, keep: bool = True):
+        """The tracker's :class:`~.lineage.Lineage` table as the frames up to ``upto`` decide it
+        (``[]`` without one), and its edits: (tracks, edits). ``keep``: forget removed objects
+        first (not needed, and not cheap, between the frames of a propagation)."""
+        with self.lock:
+            lineage = self.tracker._lineage
+            if lineage is None:
+                return [], []
+            if keep:
+                lineage.keep_only(self.tracker.obj_ids)
+            return lineage.table_upto(upto), list(lineage.edits)
+
+    def lineage_edit(self, action: str, *args):
+        """``Lineage.cut``/``join``/``divide``/``remove_edit`` on the tracker's lineage; returns
+        the relabelling of labels written so far. ValueError without a lineage."""
+        with self.lock:
+            if self.tracker._lineage is None:
+                raise ValueError(
+                    "there is no lineage yet: propagate forward with 'detect divisions' or "
+                    "'find new objects' first"
+                )
+            return getattr(self.tracker._lineage, action)(*args)
 
     def plan(self, direction="forward", start=None, stop=None) -> int:
         """How many frames ``propagate`` will yield."""

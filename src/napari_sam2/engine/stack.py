@@ -107,6 +107,7 @@ class AxisFrames:
         self.geometry = geometry
         rest = tuple(data.shape[geometry.ndim_spatial - 2 :])
         self.shape = (geometry.num_frames, *rest)
+        self.ndim = len(self.shape)
         self.dtype = data.dtype
 
     def __len__(self) -> int:

@@ -355,6 +355,7 @@ class VideoTracker:
         new_objects: int | None = None,
         divisions: bool | None = None,
         lineage_options=None,
+        lineage_edits=None,
     ) -> Iterator[FrameResult]:
         """Follow every object through the stack, yielding one :class:`FrameResult` per frame.
 
@@ -372,13 +373,21 @@ class VideoTracker:
         in between) continues exactly where it stopped and gives what one uninterrupted call
         gives — for ``both``, a finished forward pass is not run again.
 
-        New objects every N frames, divisions, lineage: see :mod:`.lineage_tracking`.
+        New objects every N frames, divisions, lineage (``lineage_edits``: the user's
+        corrections, :mod:`.lineage_edits`): see :mod:`.lineage_tracking`.
         """
-        if new_objects is not None or divisions or self._lineage:
+        if new_objects is not None or divisions or self._lineage or lineage_edits:
             from .lineage_tracking import propagate_with_lineage
 
             return propagate_with_lineage(
-                self, direction, start, stop, new_objects, divisions, lineage_options
+                self,
+                direction,
+                start,
+                stop,
+                new_objects,
+                divisions,
+                lineage_options,
+                edits=lineage_edits,
             )
         passes = self.plan(direction, start, stop)
         return self._propagate((direction, start, stop), passes)

@@ -3,7 +3,8 @@ machine) and that the command line reads (``napari-sam2 segment IMAGE --prompts 
 
     session.json   the image (name, shape, the tracked axis and slider position, a hash of
                    every tracked slice), the model (name, input size, precision, checkpoint
-                   file), object names, which slices have mask prompts
+                   file), object names, which slices have mask prompts, the lineage
+                   corrections (``lineage_edits``, optional: older sessions have none)
     prompts.csv    every click and box, in the CSV layout ``napari-sam2 segment`` reads
     labels.zarr    the SAM2 labels, one chunk per tracked slice
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.lineage_edits import edit_from_dict
 from ..engine.prompts import MAX_OBJ_ID, Prompt, PromptError
 from ..engine.session import BoxRow, PointRow, PromptSession
 from ..engine.stack import StackError, StackGeometry
@@ -71,6 +73,7 @@ class SavedSession:
     labels: object
     max_id: int = 0  # the largest label id, known once check_labels has run
     labelled_frames: list[int] = field(default_factory=list)  # idem
+    lineage_edits: list = field(default_factory=list)  # engine.lineage_edits, in order
 
     @property
     def obj_ids(self) -> list[int]:
@@ -112,6 +115,7 @@ def write(
     mask_prompts: dict[int, Sequence[int]],
     prompts: Sequence[ObjectPrompt],
     labels,
+    lineage_edits: Sequence[dict] = (),
 ) -> Path:
     """Write a session into ``folder`` (made if missing; its session files replaced).
     ``frames``: the image's tracked slices (hashed); ``labels``: the SAM2 labels array."""
@@ -140,6 +144,7 @@ def write(
         "mask_prompts": {
             str(k): sorted(int(i) for i in v) for k, v in sorted(mask_prompts.items()) if v
         },
+        "lineage_edits": [dict(e) for e in lineage_edits],
         "command_line": "napari-sam2 segment IMAGE --prompts prompts.csv -o labels.tif"
         + _axis_options(geometry),
     }
@@ -247,6 +252,15 @@ def read(folder: str | Path) -> SavedSession:
         if not isinstance(v, list) or not all(_is_int(i) and 1 <= i <= MAX_OBJ_ID for i in v):
             fields.fail("mask_prompts", f"slice {k}: {v!r} is not a list of object ids")
         mask_prompts[int(k)] = [int(i) for i in v]
+    edits = info.get("lineage_edits", [])  # absent from sessions saved before lineage
+    if not isinstance(edits, list):
+        fields.fail("lineage_edits", f"is a {_kind(edits)}, not a list of corrections")
+    lineage_edits = []
+    for n, item in enumerate(edits):
+        try:
+            lineage_edits.append(edit_from_dict(item))
+        except ValueError as e:
+            fields.fail("lineage_edits", f"item {n}: {e}")
     prompts = _prompts(folder / "prompts.csv", geometry)
     labels_path = folder / "labels.zarr"
     try:
@@ -260,9 +274,11 @@ def read(folder: str | Path) -> SavedSession:
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise SessionError(f"{labels_path} holds {labels.dtype} values, not integer labels")
-    return SavedSession(
+    saved = SavedSession(
         folder, str(name), geometry, hashes, model, names, mask_prompts, prompts, labels
     )
+    saved.lineage_edits = lineage_edits
+    return saved
 
 
 def check_labels(saved: SavedSession, progress: Callable[[int, int], None] | None = None):
