@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 TIMEOUT = 60_000
 
@@ -47,3 +48,52 @@ def on_each_slice(widget, handler):
         yield
     finally:
         widget._show_frame = show_frame
+
+
+class StallMeter:
+    """How long the Qt event loop is kept from running: a timer ticks every ``interval_ms``
+    and each late tick is a stall of the event loop (the time beyond the interval). Steps are
+    run from the event loop itself (a zero timer), so that their handlers, and the signals of
+    the workers they start, are measured like a user's clicks; ``stalls[name]`` lists the
+    stalls (ms) seen while a step ran, until its background work finished."""
+
+    def __init__(self, qtbot, interval_ms: int = 10) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.qtbot, self.interval = qtbot, interval_ms / 1000
+        self.stalls: dict[str, list[float]] = {}
+        self._current: list[float] | None = None
+        self._last = 0.0
+        self._timer = QTimer()
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            self._current.append(max(0.0, (now - self._last - self.interval) * 1000))
+        self._last = now
+
+    def step(self, name: str, action, widget, done=None) -> None:
+        """Run ``action()`` from the event loop, then wait until the widget is idle (and
+        ``done()``, when given, is true), recording the stalls under ``name``."""
+        from qtpy.QtCore import QTimer
+
+        ran = []
+        self._current = self.stalls.setdefault(name, [])
+        self._last = time.perf_counter()
+        self._timer.start()
+        QTimer.singleShot(0, lambda: (action(), ran.append(True)))
+        try:
+            self.qtbot.waitUntil(lambda: bool(ran), timeout=TIMEOUT)
+            wait(self.qtbot, widget)
+            if done is not None:
+                self.qtbot.waitUntil(done, timeout=TIMEOUT)
+            self.qtbot.wait(3 * int(self.interval * 1000))  # the ticks after the last signal
+        finally:
+            self._timer.stop()
+            self._current = None
+
+    def worst(self) -> dict[str, float]:
+        """The longest stall of each step (ms)."""
+        return {name: max(s, default=0.0) for name, s in self.stalls.items()}

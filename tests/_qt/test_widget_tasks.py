@@ -239,6 +239,7 @@ def test_export_writes_the_labels_with_pixel_sizes_and_names(
     widget.names[1] = "nucleus"
     widget.exporter.path.value = str(tmp_path / name)
     widget.exporter.button.native.click()
+    wait(qtbot, widget)  # written in a worker
     status = widget.status.value
     assert "exported to" in status and "objects.csv" in status
     if name.endswith(".tif"):

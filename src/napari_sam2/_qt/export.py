@@ -1,7 +1,8 @@
 """Exporting SAM2 labels from the widget: the tracked slices as a TIFF (OME-TIFF pixel sizes) or
 an OME-Zarr labels group, with the image layer's pixel sizes and units, written by the
 command line's own writer (:func:`napari_sam2.io.outputs.label_output`), and the object names
-beside it (``<name>.objects.csv``: id, name)."""
+beside it (``<name>.objects.csv``: id, name). The slices are read and written in a worker,
+one at a time, so that a long stack never holds up the viewer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from magicgui.widgets import FileEdit, PushButton
 from ..engine.labels import label_dtype_for
 from ..io.ome import Geometry, label_geometry
 from ..io.outputs import label_output
-from .feedback import EXPECTED_ERRORS
 
 if TYPE_CHECKING:
     from .widget import SAM2Widget
@@ -37,8 +37,10 @@ class LabelExport:
         self.button.changed.connect(self.export)
         self.widgets = [self.path, self.button]
 
-    def export(self, *_) -> Path | None:
-        """Write the tracked slices of SAM2 labels to the chosen file (replacing it)."""
+    def export(self, *_):
+        """Write the tracked slices of SAM2 labels to the chosen file (replacing it), in a
+        worker: the slices are read and written one at a time off the event loop. Returns the
+        worker (None when refused)."""
         w = self.widget
         path = self.path.value
         if w.session is None or w.labels_layer is None:
@@ -50,24 +52,24 @@ class LabelExport:
         path = Path(path)
         frames = w.label_view()
         ids = sorted(set(w.used_ids()) | {i for f in w._labelled.values() for i in f})
+        names = {i: w.names[i] for i in ids if w.names.get(i)}
         shape = (w.geometry.num_frames, *w.geometry.spatial_shape)
-        try:
-            with label_output(
-                path,
-                shape,
-                label_dtype_for(max(ids, default=1)),
-                overwrite=True,
-                geometry=self.geometry(),
-            ) as out:
+        dtype, geometry = label_dtype_for(max(ids, default=1)), self.geometry()
+
+        def write():  # (a bad name, a folder that cannot be written, a full disk: the status)
+            with label_output(path, shape, dtype, overwrite=True, geometry=geometry) as out:
                 for t in range(shape[0]):
                     out[t] = np.asarray(frames[t])
-            names = self.write_names(path, ids)
-        except EXPECTED_ERRORS as e:  # a bad name, a folder that cannot be written, a full disk
-            w.feedback.error(e)
-            return None
-        also = f" and the object names to {names.name}" if names is not None else ""
-        w.feedback.done(f"Labels of {shape[0]} slice(s) exported to {path}{also}.", notify=True)
-        return path
+            return write_names(path, ids, names)
+
+        def written(names_file) -> None:
+            also = f" and the object names to {names_file.name}" if names_file else ""
+            w.feedback.done(
+                f"Labels of {shape[0]} slice(s) exported to {path}{also}.", notify=True
+            )
+
+        w.feedback.say(f"Exporting the labels of {shape[0]} slice(s) to {path}…")
+        return w.run(write, returned=written)
 
     def geometry(self) -> Geometry:
         """The axes, pixel sizes and units of the exported (slices, Y, X) volume: the image
@@ -87,19 +89,18 @@ class LabelExport:
         known = [s if u is not None or s != 1.0 else None for s, u in zip(scale, units)]
         return label_geometry(Geometry(axes, tuple(known), tuple(units)), keep)
 
-    def write_names(self, path: Path, ids: list[int]) -> Path | None:
-        """``<name>.objects.csv`` with every object's id and name (None when none is named)."""
-        names = self.widget.names
-        if not any(names.get(i) for i in ids):
-            return None
-        stem = path.name.removesuffix(".ome.zarr").removesuffix(path.suffix)
-        target = path.with_name(f"{stem}.objects.csv")
-        with open(target, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["obj_id", "name"])
-            for i in ids:
-                writer.writerow([i, names.get(i, "")])
-        return target
+def write_names(path: Path, ids: list[int], names: dict[int, str]) -> Path | None:
+    """``<name>.objects.csv`` with every object's id and name (None when none is named)."""
+    if not any(names.get(i) for i in ids):
+        return None
+    stem = path.name.removesuffix(".ome.zarr").removesuffix(path.suffix)
+    target = path.with_name(f"{stem}.objects.csv")
+    with open(target, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["obj_id", "name"])
+        for i in ids:
+            writer.writerow([i, names.get(i, "")])
+    return target
 
 
 def _unit(unit) -> str | None:

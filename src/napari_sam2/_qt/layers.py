@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from ..engine.labels import compose_labels
+from ..engine.labels import compose_labels, compose_resolved
 from ..engine.session import BoxRow, PointRow
 from ..engine.stack import StackGeometry
 from ..engine.video import FrameResult
@@ -71,13 +71,19 @@ def color_points(points: Points) -> None:
         points.face_color = np.where(pos[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
 
 
-def write_result(labels: Labels, geometry: StackGeometry, result: FrameResult, undoable: bool):
+def write_result(
+    labels: Labels, geometry: StackGeometry, result: FrameResult, undoable: bool, own=None
+):
     """Write one frame's result into ``labels`` (other labels untouched) and return the frame's
     new labels. ``undoable`` records the change in napari's undo history (Ctrl+Z on the Labels
-    layer)."""
+    layer). ``own``: the result's own labels, resolved ahead in a worker
+    (:func:`~napari_sam2.engine.labels.result_labels`)."""
     view = geometry.label_frames(labels.data)
     current = np.asarray(view[result.frame])
-    new = compose_labels(current, result)
+    if own is None:
+        new = compose_labels(current, result)
+    else:
+        new = compose_resolved(current, result.obj_ids, own)
     if not undoable:
         view[result.frame] = new
         return new

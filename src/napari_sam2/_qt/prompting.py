@@ -4,8 +4,11 @@ SAM2 labels. A part of :class:`~napari_sam2._qt.widget.SAM2Widget`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..engine.labels import result_labels
 from ..io import ObjectPrompt
 from . import layers as L
 from .history import PromptState, Step, frame_patch
@@ -132,16 +135,18 @@ class PromptingMixin(UndoMixin):
         self._sync_errors, self._sync_changed = [], False
         propagations = self._propagations
 
+        dtype = self.labels_layer.data.dtype
+
         def sync():
             for frame in frames:
                 outcome = session.sync_frame(frame, points, boxes)
                 if outcome.result is not None or outcome.removed or outcome.errors:
-                    yield outcome
+                    yield outcome, Resolved.of(session, outcome.result, dtype)
 
         self.feedback.say("Segmenting…")
         self.run_step(
             sync,
-            yielded=lambda outcome: self._show_sync(outcome, step, write),
+            yielded=lambda done: self._show_sync(*done, step, write),
             finished=lambda: self._synced(propagations),
         )
 
@@ -158,7 +163,9 @@ class PromptingMixin(UndoMixin):
             self.points.add([self.points.world_to_data(world)])
         self.feedback.say("A box of a few pixels was taken as a click.")
 
-    def _show_sync(self, outcome, step: Step | None = None, write: bool = True) -> None:
+    def _show_sync(
+        self, outcome, resolved: Resolved | None, step: Step | None = None, write: bool = True
+    ) -> None:
         if outcome.removed and write:
             self._forget_untracked(outcome.removed, outcome.frame, step)
         for obj_id, message in outcome.errors:
@@ -166,7 +173,7 @@ class PromptingMixin(UndoMixin):
         if outcome.result is not None or outcome.removed:
             self._sync_changed = True
         if outcome.result is not None and write:
-            self.write_result(outcome.result, step=step)
+            self.write_result(outcome.result, step=step, resolved=resolved)
 
     def _synced(self, propagations: int) -> None:
         """A sync finished: its errors, or what it changed (an undone click leaves stale
@@ -202,18 +209,31 @@ class PromptingMixin(UndoMixin):
             self.write_result(outcome.result, step=step)
         self.refresh_objects()
 
-    def write_result(self, result, undoable: bool = True, step: Step | None = None) -> None:
+    def write_result(
+        self,
+        result,
+        undoable: bool = True,
+        step: Step | None = None,
+        resolved: Resolved | None = None,
+    ) -> None:
         """Write a frame's result into SAM2 labels, leaving alone the objects whose prompt on
         that frame is a mask (their labels there are the user's or the generator's). What
         changed goes into the undo history: into ``step``, or (``undoable`` off: a propagated
-        slice) into the step of the propagation running."""
+        slice) into the step of the propagation running. ``resolved``: the result's labels,
+        worked out in the worker that made it (so that only the merge is done here)."""
         masked = self.session.mask_prompted(result.frame) if self.session is not None else ()
-        if masked:
+        own = None
+        if resolved is not None and resolved.masked == frozenset(masked):
+            result, own = resolved.result, resolved.labels
+            if own.dtype != self.labels_layer.data.dtype:
+                own = None
+        elif masked:
             result = result.without(masked)
+        if masked:
             meta = self.labels_layer.metadata.setdefault(META, {})
             meta.setdefault("mask_prompts", {})[str(result.frame)] = sorted(masked)
         old = np.array(self.label_view()[result.frame], copy=True)
-        new = L.write_result(self.labels_layer, self.geometry, result, undoable=False)
+        new = L.write_result(self.labels_layer, self.geometry, result, undoable=False, own=own)
         if undoable:
             self.labels_layer.refresh()
         else:
@@ -252,6 +272,25 @@ class PromptingMixin(UndoMixin):
         for b in L.box_rows(self.boxes, self.image_layer, self.geometry):
             groups.setdefault((b.frame, b.obj_id), ObjectPrompt(b.frame, b.obj_id)).box = b.box
         return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A frame's result as a worker prepared it for writing: without the objects whose prompt
+    there is a mask (``masked``, as the session said then), and its own labels resolved (the
+    highest logit wins) — work on the whole slice that stays off the event loop."""
+
+    result: object  # FrameResult
+    masked: frozenset
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, session, result, dtype) -> Resolved | None:
+        if result is None:
+            return None
+        masked = frozenset(session.mask_prompted(result.frame))
+        kept = result.without(masked) if masked else result
+        return cls(kept, masked, result_labels(kept, dtype))
 
 
 def _what_changed(before: PromptState, after: PromptState) -> str:

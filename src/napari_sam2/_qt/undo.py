@@ -173,7 +173,8 @@ class UndoMixin:
             masks = [f for f in prompted if obj_id in session.mask_prompted(f)]
             session.remove_object(obj_id)
         step = self.history.push(Step(f"deleting object {obj_id}", (before, after)))
-        patches = erase_objects(self.geometry, self.labels_layer.data, [obj_id])
+        labelled = {f for f, ids in self._labelled.items() if obj_id in ids}  # not every slice
+        patches = erase_objects(self.geometry, self.labels_layer.data, [obj_id], labelled)
         for patch in patches:
             self.record(step, patch)
         if patches:

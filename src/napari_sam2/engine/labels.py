@@ -46,8 +46,19 @@ def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
         raise ValueError(
             f"frame {result.frame}: labels are {current.shape}, results {result.shape}"
         )
-    new, _ = _labels_of(result, current.dtype)
-    owned = (current == 0) | np.isin(current, np.asarray(result.obj_ids, dtype=current.dtype))
+    return compose_resolved(current, result.obj_ids, result_labels(result, current.dtype))
+
+
+def result_labels(result: FrameResult, dtype) -> np.ndarray:
+    """The (H, W) labels of ``result`` alone (the highest logit wins, above 0): the costly part
+    of :func:`compose_labels`, which a worker can do ahead (:func:`compose_resolved`)."""
+    return _labels_of(result, dtype)[0]
+
+
+def compose_resolved(current: np.ndarray, obj_ids, new: np.ndarray) -> np.ndarray:
+    """:func:`compose_labels` from the result's own labels ``new`` (:func:`result_labels`):
+    pixels of ``obj_ids`` and background take ``new``; other labels keep theirs."""
+    owned = (current == 0) | np.isin(current, np.asarray(obj_ids, dtype=current.dtype))
     return np.where(owned, new, current)
 
 
