@@ -22,7 +22,14 @@ def test_manifest_validates():
         "napari-sam2.sample_timelapse": "napari_sam2._sample_data:make_sample_timelapse",
     }
     widget = {"napari-sam2.widget": "napari_sam2._qt.widget:SAM2Widget"}
-    assert commands == {**samples, **widget}
+    writer = {"napari-sam2.write_labels": "napari_sam2._writer:write_labels"}
+    assert commands == {**samples, **widget, **writer}
+    assert [str(c.value) for c in manifest.categories] == ["Segmentation", "Annotation"]
+    [write] = manifest.contributions.writers
+    assert write.command in writer and write.layer_types == ["labels"]
+    assert set(write.filename_extensions) == {".ome.zarr", ".tif", ".tiff", ".zarr"}
+    menu = manifest.contributions.menus["napari/layers/segment"]
+    assert [m.command for m in menu] == list(widget)
     assert {sample.command for sample in manifest.contributions.sample_data} == set(samples)
     assert [w.command for w in manifest.contributions.widgets] == list(widget)
     # napari's menu reads "<widget> (<plugin>)": "Segment and track (SAM 2)", not "SAM 2 (SAM 2)"
@@ -99,3 +106,43 @@ def test_synthetic_cells_argument_checks():
     with pytest.raises(ValueError, match="shape"):
         synthetic_cells(shape=(8, 8))
     assert synthetic_cells(n_frames=2, n_cells=0, dtype=np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["cells.ome.zarr", "cells.tif"])
+def test_save_layers_writes_labels_with_their_scale_and_translation(tmp_path, name):
+    """File > Save Layers through the manifest's writer: a Labels layer's data, pixel sizes and
+    offset; the OME-Zarr validates with ome-zarr-models."""
+    import napari
+    import zarr
+    from ome_zarr_models import open_ome_zarr
+    from ome_zarr_models.v05.labels import Labels
+
+    from napari_sam2.io import open_stack
+
+    data = np.zeros((3, 16, 20), np.uint16)
+    data[1, 4:9, 5:12] = 7
+    layer = napari.layers.Labels(
+        data, scale=(2.0, 0.5, 0.25), translate=(0.0, 10.0, 20.0), units="micrometer", name="c"
+    )
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()  # napari's plugin manager finds this manifest by its entry point
+    path = tmp_path / name
+    written = napari.save_layers(str(path), [layer], plugin="napari-sam2")
+    assert [Path(p) for p in written] == [path]
+    stack = open_stack(path / "sam2" if name.endswith(".zarr") else path)
+    try:
+        frames = np.stack([np.asarray(stack.frames[t]) for t in range(stack.num_frames)])
+        np.testing.assert_array_equal(frames, data)
+        assert stack.geometry.sizes == (2.0, 0.5, 0.25)
+    finally:
+        stack.close()
+    if name.endswith(".ome.zarr"):
+        group = zarr.open_group(str(path), mode="r")
+        assert isinstance(open_ome_zarr(group), Labels)
+        ms = dict(group["sam2"].attrs)["ome"]["multiscales"][0]
+        assert ms["datasets"][0]["coordinateTransformations"][1] == {
+            "type": "translation",
+            "translation": [0.0, 10.0, 20.0],
+        }
+        assert [a.get("unit") for a in ms["axes"]] == ["micrometer"] * 3

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .io import InputError, discard_partial, stack_stem
+from .io import InputError, discard_partial, make_output_folder, stack_stem
 from .jobs import CheckedJob, JobResult, SegmentJob, SegmentOptions, check_job, plan_jobs, run_job
 
 
@@ -259,7 +259,7 @@ def segment_many(
     report = BatchReport(failed=dict(failed), skipped=skipped)
     if checked:
         for job in checked:
-            job.job.output.parent.mkdir(parents=True, exist_ok=True)
+            make_output_folder(job.job.output)
         path = resolve_checkpoint(
             model, checkpoint, cache_dir=cache_dir, allow_download=allow_download, progress=progress
         )

@@ -42,6 +42,7 @@ from .io import (
     add_prompts,
     check_output,
     check_writable_folder,
+    is_zarr_output,
     label_counts,
     label_output,
     open_stack,
@@ -108,6 +109,7 @@ class CheckedJob:
     label_prompt: np.ndarray | None = None  # (H, W) label image on ``prompt_frame``
     prompt_frame: int | None = None  # of a label image, or of automatic segmentation
     geometry: Geometry | None = None  # axes and pixel sizes of the label volume
+    fixed_axes: tuple[tuple[str, int], ...] = ()  # the stack's other axes: (name, position)
 
     @property
     def obj_ids(self) -> list[int]:
@@ -183,7 +185,7 @@ def plan_jobs(
     if prompts is not None and not prompts.exists():
         raise InputError(f"prompts file not found: {prompts}")
     if to_folder is None:
-        to_folder = len(stacks) > 1 or (output.is_dir() and output.suffix.lower() != ".zarr")
+        to_folder = len(stacks) > 1 or (output.is_dir() and not is_zarr_output(output))
     if to_folder:
         check_writable_folder(output, what="output folder", create=True)
     several = len(stacks) > 1
@@ -304,6 +306,7 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
             label_prompt,
             prompt_frame,
             stack.label_geometry,
+            tuple(stack.fixed_axes.items()),
         )
     finally:
         stack.close()
@@ -404,7 +407,16 @@ def job_output(checked: CheckedJob, options: SegmentOptions, obj_ids, lineage: b
         label_dtype_for(most),
         overwrite=options.overwrite,
         geometry=checked.geometry,
+        source=label_source(checked),
+        fixed=dict(checked.fixed_axes),
     )
+
+
+def label_source(checked: CheckedJob) -> str:
+    """Where a job's objects come from, as its OME-Zarr labels' ``properties`` say."""
+    if checked.automatic:
+        return f"napari-sam2 segment everything on frame {checked.prompt_frame}"
+    return f"napari-sam2 prompts {checked.job.prompts.name}"
 
 
 def prompt_tracker(
@@ -528,7 +540,7 @@ TIFF_UNTRACKED_LIMIT = 1 << 30
 
 
 def _check_tiff_range(job: SegmentJob, passes, label_shape, dtype) -> None:
-    if job.output.suffix.lower() == ".zarr" and not job.ctc:
+    if is_zarr_output(job.output) and not job.ctc:
         return
     tracked = _count_tracked(passes)
     frame_bytes = int(np.prod(label_shape[1:])) * np.dtype(dtype).itemsize

@@ -30,8 +30,10 @@ class LabelExport:
             label="export to", mode="w", filter="*.tif *.tiff *.ome.zarr *.zarr", value=""
         )
         self.path.tooltip = (
-            "labels.tif (OME-TIFF) or labels.ome.zarr (OME-Zarr labels), with the image's pixel "
-            "sizes; object names go to <name>.objects.csv beside it"
+            "labels.tif (OME-TIFF), labels.ome.zarr (OME-Zarr labels) or "
+            "IMAGE.ome.zarr/labels/NAME (into an OME-Zarr image), with the image's pixel sizes; "
+            "object names go to "
+            "<name>.objects.csv beside it (and into OME-Zarr properties)"
         )
         self.button = PushButton(text="Export labels")
         self.button.changed.connect(self.export)
@@ -57,7 +59,15 @@ class LabelExport:
         dtype, geometry = label_dtype_for(max(ids, default=1)), self.geometry()
 
         def write():  # (a bad name, a folder that cannot be written, a full disk: the status)
-            with label_output(path, shape, dtype, overwrite=True, geometry=geometry) as out:
+            with label_output(
+                path,
+                shape,
+                dtype,
+                overwrite=True,
+                geometry=geometry,
+                names=names,
+                source="napari-sam2 widget",
+            ) as out:
                 for t in range(shape[0]):
                     out[t] = np.asarray(frames[t])
             return write_names(path, ids, names)

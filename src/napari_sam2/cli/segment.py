@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import weights
 from ..batch import FrameBars, prepare, run_here
-from ..io import InputError, stack_stem
+from ..io import InputError, make_output_folder, stack_stem
 from ..jobs import (
     CheckedJob,
     JobResult,
@@ -90,7 +90,7 @@ def segment(args: argparse.Namespace) -> int:
         print(f"done: nothing to do, {len(skipped)} stacks already segmented")
         return EXIT_OK
     for job in checked:
-        job.job.output.parent.mkdir(parents=True, exist_ok=True)
+        make_output_folder(job.job.output)
     started = time.perf_counter()
     if on_cluster:
         done, failed = segment_on_cluster(args, checked, options)

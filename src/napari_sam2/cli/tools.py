@@ -129,7 +129,26 @@ def _close_on_signals(viewer) -> dict:
     return received
 
 
+def _check_napari() -> None:
+    """``view`` needs napari and a Qt binding, which the core install leaves out."""
+    import importlib
+
+    missing = []
+    for name in ("napari", "qtpy"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise InputError(
+            f"`view` needs {' and '.join(missing)}, which are not installed: "
+            "pip install 'napari-sam2[all]' (napari and PyQt6) or 'napari-sam2[napari]' (napari, "
+            f"with your own Qt binding); `{PROG} segment` and `batch` work without them"
+        )
+
+
 def view(args: argparse.Namespace) -> int:
+    _check_napari()
     _check_display()
     if args.image and not Path(args.image).exists():
         raise InputError(f"image not found: {args.image}")

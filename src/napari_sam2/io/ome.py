@@ -22,12 +22,14 @@ class Geometry:
     axes: str
     sizes: tuple[float | None, ...]
     units: tuple[str | None, ...]
+    origin: tuple[float, ...] | None = None  # where pixel 0 lies (an OME-Zarr translation)
 
     def subset(self, keep: list[int]) -> Geometry:
         return Geometry(
             "".join(self.axes[i] for i in keep),
             tuple(self.sizes[i] for i in keep),
             tuple(self.units[i] for i in keep),
+            None if self.origin is None else tuple(self.origin[i] for i in keep),
         )
 
     @property
@@ -69,16 +71,23 @@ def zarr_geometry(group) -> tuple[str, Geometry]:
             "(.zattrs or zarr.json)"
         )
     ndim = len(names) or group[dataset["path"]].ndim
-    scale = [1.0] * ndim
+    scale, origin = [1.0] * ndim, [0.0] * ndim
+    # the dataset's transforms apply first, then the multiscale's: physical = s * index + t
     for where, transforms in (
-        ("multiscales", ms.get("coordinateTransformations") or []),
         (f"dataset {dataset['path']!r}", dataset.get("coordinateTransformations") or []),
+        ("multiscales", ms.get("coordinateTransformations") or []),
     ):
         for t in transforms:
             if isinstance(t, dict) and t.get("type") == "scale":
-                scale = [a * b for a, b in zip(scale, _scale(t.get("scale"), ndim, where))]
+                s = _scale(t.get("scale"), ndim, where)
+                scale = [a * b for a, b in zip(scale, s)]
+                origin = [a * b for a, b in zip(origin, s)]
+            elif isinstance(t, dict) and t.get("type") == "translation":
+                origin = [a + b for a, b in zip(origin, _translation(t, ndim, where))]
     units = tuple(_unit(a) for a in axes) or (None,) * ndim
-    geometry = Geometry(names or unknown(ndim).axes, tuple(scale), units)
+    geometry = Geometry(
+        names or unknown(ndim).axes, tuple(scale), units, tuple(origin) if any(origin) else None
+    )
     return dataset["path"], geometry
 
 
@@ -101,6 +110,21 @@ def _scale(values, ndim: int, where: str) -> list[float]:
     return [float(v) for v in values]
 
 
+def _translation(transform: dict, ndim: int, where: str) -> list[float]:
+    """A translation's values, checked: one finite number per axis."""
+    values = transform.get("translation")
+    ok = isinstance(values, (list, tuple)) and len(values) == ndim
+    if not ok or any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        for v in values
+    ):
+        raise InputError(
+            f"the OME-Zarr translation of {where} is {values!r}: it needs one finite number "
+            f"per axis ({ndim}); fix the metadata (.zattrs or zarr.json)"
+        )
+    return [float(v) for v in values]
+
+
 def _unit(axis) -> str | None:
     unit = axis.get("unit") if isinstance(axis, dict) else None
     if unit is None:
@@ -115,21 +139,6 @@ def _unit(axis) -> str | None:
         )
         return None
     return unit
-
-
-def write_zarr_labels(labels, geometry: Geometry, name: str = LABEL_NAME) -> None:
-    """Make ``labels`` an NGFF ``labels`` group whose label image ``name`` (a subgroup holding
-    the volume as array "0") has one level with the image's axes and scale, and ``image-label``
-    metadata: napari-ome-zarr and other NGFF viewers open it as labels over the image (copy it
-    as ``labels/`` into the image's .ome.zarr, or open it alone)."""
-    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
-
-    names = ("z" if geometry.axes[0] == "z" else "t") + "yx"  # what NGFF allows for (N, Y, X)
-    axes = [_axis(a, unit) for a, unit in zip(names, geometry.units)]
-    scale = [1.0 if s is None else float(s) for s in geometry.sizes]
-    level = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-    write_multiscales_metadata(labels[name], datasets=[level], axes=axes, name=name)
-    write_label_metadata(labels, name)
 
 
 def _axis(name: str, unit: str | None) -> dict:
@@ -227,9 +236,10 @@ def label_geometry(stack_geometry: Geometry, keep: list[int]) -> Geometry:
     axis."""
     out = stack_geometry.subset(keep)
     if len(keep) == 2:
-        out = Geometry("t" + out.axes, (None, *out.sizes), (None, *out.units))
+        origin = None if out.origin is None else (0.0, *out.origin)
+        out = Geometry("t" + out.axes, (None, *out.sizes), (None, *out.units), origin)
     if len(set(out.axes)) != len(out.axes) or not out.axes.endswith("yx"):
-        out = Geometry("tyx", out.sizes, out.units)
+        out = Geometry("tyx", out.sizes, out.units, out.origin)
     return out
 
 

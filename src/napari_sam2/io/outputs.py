@@ -13,7 +13,8 @@ import numpy as np
 
 from ..engine.labels import label_dtype_for
 from .errors import InputError
-from .ome import LABEL_NAME, Geometry, tiff_metadata, write_zarr_labels
+from .ome import LABEL_NAME, Geometry, tiff_metadata
+from .ome_labels import SPARSE, check_into_image, image_of_labels
 from .stacks import TIFF_SUFFIXES
 
 OUTPUT_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
@@ -43,18 +44,28 @@ def check_output(
     """Check, before anything runs, that a label volume can be written at ``path`` (with
     ``any_name``, a folder of any name: a CTC output).
 
-    Refused with :class:`InputError`: a name that is not .tif/.tiff/.zarr (or .ome.zarr); an
-    output that is one of ``inputs``, holds one of them (a zarr group around the input array) or
-    lies inside one; an output that is or holds one of ``read_only`` (files such as a prompts
+    Refused with :class:`InputError`: a name that is not .tif/.tiff/.zarr (or .ome.zarr, or
+    ``IMAGE.ome.zarr/labels/NAME``: the labels group of an OME-Zarr image); an output that is
+    one of ``inputs``, holds one of them (a zarr group around the input array) or lies inside
+    one (except an input image's own ``labels/NAME``, the one place meant for it); an output
+    that is or holds one of ``read_only`` (files such as a prompts
     CSV, whose folder may hold outputs); an existing output without ``overwrite``; a folder that
     does not exist (unless ``folder_exists`` is False: it will be made) or cannot be written.
     Nothing is created or changed."""
     path = Path(path)
-    if not any_name and path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InputError(f"output {path}: the name must end in .tif, .tiff or .zarr")
+    image = image_of_labels(path)
+    if image is not None:
+        check_into_image(path)
+    elif not any_name and path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(
+            f"output {path}: the name must end in .tif, .tiff or .zarr, or be "
+            "IMAGE.ome.zarr/labels/NAME (the labels of an OME-Zarr image)"
+        )
     target = path.resolve()
     for source, inside_ok in [(s, False) for s in inputs] + [(s, True) for s in read_only]:
         src = Path(source).resolve()
+        if image is not None and src == image.resolve() and not inside_ok:
+            continue  # the image's own labels group: the one output allowed inside an input
         if target == src:
             raise InputError(f"output {path} is the input {source} itself; choose another name")
         if target in src.parents:
@@ -72,8 +83,22 @@ def check_output(
                 f"output {path} exists; pass --overwrite (overwrite=True) to replace it, or "
                 "--resume (resume=True) to keep complete outputs and redo the others"
             )
-        check_writable_folder(path.parent, what="output folder")
+        if image is None:
+            check_writable_folder(path.parent, what="output folder")
     return path
+
+
+def make_output_folder(path: str | os.PathLike) -> None:
+    """Make the folder an output at ``path`` goes in (not an image's ``labels`` group: the
+    writer makes it, and removes it again if the writing fails)."""
+    path = Path(path)
+    if image_of_labels(path) is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def is_zarr_output(path: str | os.PathLike) -> bool:
+    """Whether an output at ``path`` is zarr (a ``.zarr`` name or an image's ``labels/NAME``)."""
+    return Path(path).suffix.lower() == ".zarr" or image_of_labels(path) is not None
 
 
 def check_writable_folder(folder: str | os.PathLike, *, what: str, create: bool = False) -> None:
@@ -100,31 +125,46 @@ def label_output(
     *,
     overwrite: bool = False,
     geometry: Geometry | None = None,
+    names: dict[int, str] | None = None,
+    source: str | None = None,
+    fixed: dict[str, int] | None = None,
 ):
     """A writable (T, H, W) label volume at ``path``: a TIFF (``.tif``/``.tiff``, uncompressed
     and memory-mapped, so frames go to disk as they are written), a zarr array (``.zarr``, one
-    chunk per frame) or an OME-Zarr labels group (``.ome.zarr``: ``labels`` metadata, the label
-    image ``sam2`` with its ``image-label`` metadata and one level ``0``).
+    chunk per frame), a standalone OME-Zarr labels group (``.ome.zarr``: the label image
+    ``sam2`` of one level), or a label image in an OME-Zarr image's own labels group
+    (``IMAGE.ome.zarr/labels/NAME``: the image's axes, levels and transforms; nothing outside
+    ``labels/`` changes). See :mod:`napari_sam2.io.ome_labels`.
 
-    ``geometry``: the axes and pixel sizes of the volume (those of the image it labels); an
-    OME-Zarr output gets them as its scale, a TIFF as OME-TIFF pixel sizes (where known), so
-    viewers lay the labels over the image.
+    ``geometry``: the axes, pixel sizes and origin of the volume (those of the image it
+    labels); an OME-Zarr output gets them as its scale and translation, a TIFF as OME-TIFF
+    pixel sizes (where known), so viewers lay the labels over the image. ``fixed``: where on
+    the image's other axes the volume lies (e.g. ``{"t": 3}`` for the Z stack of time 3).
+    ``names`` and ``source``: each object's name and where it came from, kept as OME-Zarr
+    ``properties`` (default names "object <id>").
 
     It is written under a temporary name beside ``path`` and takes the final name only when the
     block ends without error; a previous output at ``path`` is replaced in that last step and
     kept on any error. On any error (Ctrl+C included) the temporary file is removed. A TIFF's
     disk space is reserved up front, so a full disk fails at once as an OSError, not midway."""
+    from . import ome_labels
+
     path = check_output(path, overwrite=overwrite)
     tmp = partial_path(path)
+    image = image_of_labels(path)
+    made = image is not None and not (path.parent / "zarr.json").exists()  # labels/, new
     _remove(tmp)
     try:
-        if path.name.lower().endswith(".ome.zarr"):
-            array = _ome_zarr_labels(tmp, shape, dtype, geometry)
+        if image is not None:
+            path.parent.mkdir(exist_ok=True)
+            array = ome_labels.new_in_image(tmp, image, path.name, shape, dtype, geometry, fixed)
+        elif path.name.lower().endswith(".ome.zarr"):
+            array = ome_labels.new_standalone(tmp, shape, dtype, geometry)
         elif path.suffix.lower() == ".zarr":
             import zarr
 
             array = zarr.open_array(
-                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **_SPARSE
+                str(tmp), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **SPARSE
             )
         else:
             import tifffile
@@ -143,23 +183,32 @@ def label_output(
         if isinstance(array, np.memmap):
             array.flush()
             del array
+        elif isinstance(array, ome_labels.LabelVolume):  # the mark: on the output's root
+            array.finish(names, source, _mark(shape) if image is not None else {})
+            if image is None:
+                _mark_zarr(tmp, shape)
         else:
-            _mark_zarr(tmp)
+            _mark_zarr(tmp, shape)
         _replace(tmp, path)
+        if image is not None:
+            ome_labels.list_label(path.parent, path.name)
+            made = False
     finally:
         _remove(tmp)
+        if made and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
 
 
 def output_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The shape of a label volume that :func:`label_output` wrote: a TIFF, a zarr array, or
     the label image of an OME-Zarr labels group."""
     path = Path(path)
-    if path.suffix.lower() == ".zarr":
+    if is_zarr_output(path):
         import zarr
 
         node = zarr.open(str(path), mode="r")
         if not hasattr(node, "shape"):
-            node = node[f"{LABEL_NAME}/0"]
+            return _group_shape(node)
         return tuple(node.shape)
     import tifffile
 
@@ -167,16 +216,24 @@ def output_shape(path: str | os.PathLike) -> tuple[int, ...]:
         return tuple(tif.series[0].shape)
 
 
-# zarr outputs store only the frames written with labels in them (an untracked or empty frame
-# is no chunk: a 10**6-frame stack tracked on 3 frames is a small store)
-_SPARSE = {"fill_value": 0, "config": {"write_empty_chunks": False}}
+def _group_shape(node) -> tuple[int, ...]:
+    """The (N, Y, X) shape of an OME-Zarr labels output: as its mark says (a label image in an
+    image has the image's axes), else that of the standalone group's label image."""
+    shape = node.attrs.get(MARK_ATTR, {}).get("shape")
+    if shape is not None:
+        return tuple(int(s) for s in shape)
+    return tuple(node[f"{LABEL_NAME}/0"].shape)
 
 
-def _mark_zarr(path: Path) -> None:
+def _mark(shape) -> dict:
+    return {MARK_ATTR: {"labels": "complete", "shape": [int(s) for s in shape]}}
+
+
+def _mark_zarr(path: Path, shape) -> None:
     import zarr
 
     node = zarr.open(str(path), mode="r+")
-    node.attrs[MARK_ATTR] = {"labels": "complete"}
+    node.attrs.update(_mark(shape))
 
 
 def output_state(path: str | os.PathLike, shape: tuple[int, ...]) -> str:
@@ -188,15 +245,14 @@ def output_state(path: str | os.PathLike, shape: tuple[int, ...]) -> str:
     if not path.exists():
         return "missing"
     try:
-        if path.suffix.lower() == ".zarr":
+        if is_zarr_output(path):
             import zarr
 
             node = zarr.open(str(path), mode="r")
             if node.attrs.get(MARK_ATTR, {}).get("labels") != "complete":
                 return "foreign"
-            if not hasattr(node, "shape"):
-                node = node[f"{LABEL_NAME}/0"]
-            return "complete" if tuple(node.shape) == tuple(shape) else "incomplete"
+            found = tuple(node.shape) if hasattr(node, "shape") else _group_shape(node)
+            return "complete" if found == tuple(shape) else "incomplete"
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
@@ -233,19 +289,6 @@ def discard_partial(path: str | os.PathLike) -> None:
     the output at ``path``: its temporary file and its pieces; a complete output stays."""
     _remove(partial_path(path))
     _remove(pieces_folder(path))
-
-
-def _ome_zarr_labels(path: Path, shape, dtype, geometry: Geometry | None):
-    """The label array of a new OME-Zarr labels group at ``path``."""
-    import zarr
-
-    from .ome import unknown
-
-    labels = zarr.open_group(str(path), mode="w")
-    image = labels.create_group(LABEL_NAME)
-    array = image.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype=dtype, **_SPARSE)
-    write_zarr_labels(labels, geometry or unknown(3, "tyx"))
-    return array
 
 
 def _reserve(path: Path) -> None:

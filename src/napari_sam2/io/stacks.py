@@ -53,6 +53,14 @@ class Stack:
         return label_geometry(geometry, keep)
 
     @property
+    def fixed_axes(self) -> dict[str, int]:
+        """The stack's axis that is neither tracked nor Y, X (data with two before them, e.g.
+        (T, Z, Y, X)) by name, and the position the frames are taken at; else {}."""
+        if self.index is None or self.geometry is None:
+            return {}
+        return {self.geometry.axes[1 - self.axis]: self.index}
+
+    @property
     def num_frames(self) -> int:
         return self.frames.shape[0]
 
