@@ -112,14 +112,16 @@ class ObjectEditMixin(UndoMixin):
             prompt_merged()
 
         step.undo_extra, step.redo_extra = unmerge, remerge
+        message = (
+            f"Objects {gone} merged into object {keep} (Ctrl+Z undoes it); Propagate to track "
+            "the merged object."
+        )
+        self._ready_note = message  # said when the sync below is done, instead of "Ready"
         prompt_merged()
         self._sync_prompts(step, write=False)  # the merged clicks prompt the first object
         self.obj_id.value = keep
         self.refresh_objects()
-        self.feedback.done(
-            f"Objects {gone} merged into object {keep} (Ctrl+Z undoes it); Propagate to track "
-            "the merged object."
-        )
+        self.feedback.done(message)
 
     # ------------------------------------------------------------------ new id
     def relabel_object(self, obj_id: int, new: int) -> None:

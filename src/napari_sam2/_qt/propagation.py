@@ -60,7 +60,7 @@ class PropagationMixin:
         self._written = set()
         self._prompted_meanwhile = False
         self.ledger.started(todo)
-        run = (call, (min(covered), max(covered)), todo, yields, time.perf_counter())
+        run = (call, (min(covered), max(covered)), todo, yields, time.perf_counter(), run_ids)
         only = "" if run_ids is None else f" (objects {todo} only{self._unchanged(chosen, todo)})"
         self.feedback.say(
             f"Propagating {direction} over {slices} slices{only}{self._estimate(yields, todo)}…"
@@ -116,14 +116,16 @@ class PropagationMixin:
         self.refresh_objects()
         written = len(self._written)
         if run is not None and written >= slices and not self.feedback.error_shown:
-            call, span, todo, _, began = run
+            call, span, todo, _, began, _ = run
             elapsed = time.perf_counter() - began
             self._seconds_per_object_slice = elapsed / max(1, yields * len(todo))
             with self.session.lock:
                 self.ledger.finished(self.session.tracker, call, span, todo)
         # Prompts given while it ran: noted when they were given (their sync may finish after
         # the propagation does) or found waiting in the tracker.
-        waiting = self._prompted_meanwhile or self.session.tracker.new_prompt_frames
+        waiting = self._prompted_meanwhile
+        if run is None or run[5] is None:  # a run of chosen objects: the others' prompts wait
+            waiting = waiting or self.session.tracker.new_prompt_frames
         note = " Prompts given while it ran are followed by the next Propagate." if waiting else ""
         if self.feedback.error_shown and written < slices:
             return  # the error says what happened

@@ -381,9 +381,10 @@ class VideoTracker:
         in between) continues exactly where it stopped and gives what one uninterrupted call
         gives — for ``both``, a finished forward pass is not run again.
 
-        ``obj_ids``: follow only these objects (the others keep their results; results list
-        only these), starting by default from their own new prompts. New objects every N
-        frames, divisions, lineage: see :mod:`.lineage_tracking`.
+        ``obj_ids``: follow only these objects (the others keep their results, listed as they
+        are, so that overlaps are written as a run of all would write them), starting by
+        default from their own new prompts. New objects every N frames, divisions, lineage: see
+        :mod:`.lineage_tracking`.
         """
         if obj_ids is not None and (new_objects is not None or divisions or self._lineage):
             raise ValueError("obj_ids cannot be combined with new_objects, divisions or lineage")
@@ -464,7 +465,7 @@ class VideoTracker:
             self._resume[reverse] = frame + step if more else None
             rest = [(frame + step, last, reverse)] if more else []
             self._unfinished = (call, rest + list(later)) if rest or later else None
-            yield self.result(frame, chosen)
+            yield self.result(frame)
         self._resume[reverse] = None
 
     def _track_frame(self, frame: int, reverse: bool, objects) -> None:
