@@ -74,9 +74,7 @@ class LabelExport:
 
         def written(names_file) -> None:
             also = f" and the object names to {names_file.name}" if names_file else ""
-            w.feedback.done(
-                f"Labels of {shape[0]} slice(s) exported to {path}{also}.", notify=True
-            )
+            w.feedback.done(f"Labels of {shape[0]} slice(s) exported to {path}{also}.", notify=True)
 
         w.feedback.say(f"Exporting the labels of {shape[0]} slice(s) to {path}…")
         return w.run(write, returned=written)
@@ -98,6 +96,7 @@ class LabelExport:
             axes = axes[: geometry.stack_axis] + "z" + axes[geometry.stack_axis + 1 :]
         known = [s if u is not None or s != 1.0 else None for s, u in zip(scale, units)]
         return label_geometry(Geometry(axes, tuple(known), tuple(units)), keep)
+
 
 def write_names(path: Path, ids: list[int], names: dict[int, str]) -> Path | None:
     """``<name>.objects.csv`` with every object's id and name (None when none is named)."""

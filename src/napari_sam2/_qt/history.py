@@ -109,6 +109,23 @@ def erase_objects(geometry, data, obj_ids, frames=None) -> list[Patch]:
     return patches
 
 
+def relabel_objects(geometry, data, mapping: dict[int, int]) -> list[Patch]:
+    """Give these objects' labels new ids (``mapping`` old -> new) on every tracked slice;
+    returns the changes."""
+    view = geometry.label_frames(data)
+    patches = []
+    for t in range(geometry.num_frames):
+        old = np.array(view[t], copy=True)
+        new = old.copy()
+        for a, b in mapping.items():
+            new[old == a] = b
+        patch = frame_patch(geometry, t, old, new)
+        if patch is not None:
+            view[t] = new
+            patches.append(patch)
+    return patches
+
+
 @dataclass(frozen=True)
 class PromptState:
     """The clicks and boxes tables at one moment (data and features, copied)."""
@@ -238,4 +255,5 @@ __all__ = [
     "erase_objects",
     "frame_patch",
     "paint_patch",
+    "relabel_objects",
 ]

@@ -150,14 +150,14 @@ class LineageTools:
             options["lineage_edits"] = list(self.edits)
         return options
 
-    def results(self, direction, start, stop, options: dict):
-        """The propagation for a worker: each result, the lineage read after it (in the
-        worker, under the session's lock)."""
+    def results(self, direction, start, stop, options: dict, obj_ids=None):
+        """The propagation (of ``obj_ids`` only, if given) for a worker: each result, the
+        lineage read after it (in the worker, under the session's lock)."""
         session = self.widget.session
         self._following = bool(
             options.get("divisions") or options.get("new_objects") or self.table or self.edits
         )
-        for result in session.propagate(direction, start, stop, **options):
+        for result in session.propagate(direction, start, stop, obj_ids=obj_ids, **options):
             if self._following:
                 self._latest = session.lineage(result.frame, keep=False)[0]
             yield result

@@ -1,5 +1,6 @@
 """The object list: every object's id, colour, name and how many slices it is prompted and
-labelled on; select, hide, rename, delete, and jump to its prompted slices."""
+labelled on; select one or several (Ctrl/Shift-click), hide, rename, delete, merge, give a new
+id, propagate only those selected, and jump to an object's prompted slices."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -37,43 +39,69 @@ class ObjectInfo:
 
 
 class ObjectList(QWidget):
-    """A table of objects. ``on_select(id)``, ``on_delete(id)``, ``on_goto(slice)`` and
-    ``on_rename(id, name)`` are the widget's; hiding is done here, on the Labels layer's
-    colours."""
+    """A table of objects. ``on_select(id)``, ``on_delete(ids)``, ``on_goto(slice)``,
+    ``on_rename(id, name)``, ``on_merge(ids)`` (the first keeps its id), ``on_relabel(id,
+    new_id)`` and ``on_propagate(ids)`` are the widget's; hiding is done here, on the Labels
+    layer's colours."""
 
     def __init__(
         self,
         on_select: Callable[[int], None],
-        on_delete: Callable[[int], None],
+        on_delete: Callable[[list[int]], None],
         on_goto: Callable[[int], None],
         on_rename: Callable[[int, str], None],
+        on_merge: Callable[[list[int]], None] | None = None,
+        on_relabel: Callable[[int, int], None] | None = None,
+        on_propagate: Callable[[list[int]], None] | None = None,
     ) -> None:
         super().__init__()
         self.on_select, self.on_delete = on_select, on_delete
         self.on_goto, self.on_rename = on_goto, on_rename
+        self.on_merge, self.on_relabel, self.on_propagate = on_merge, on_relabel, on_propagate
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(["id", "name", "prompted on", "slices"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setMaximumHeight(180)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.table.setToolTip(
             "Click a row to work on that object; double-click to go to its next prompted "
-            "slice; untick to hide its labels; edit the name to rename it"
+            "slice; untick to hide its labels; edit the name to rename it; Ctrl/Shift-click to "
+            "select several (merge, delete, propagate them)"
         )
         self.goto_button = QPushButton("Go to its prompted slice")
-        self.delete_button = QPushButton("Delete object")
+        self.delete_button = QPushButton("Delete selected")
+        self.merge_button = QPushButton("Merge selected")
+        self.merge_button.setToolTip(
+            "The other selected objects become the first one selected: their labels, clicks "
+            "and prompted slices"
+        )
+        self.propagate_button = QPushButton("Propagate selected")
+        self.propagate_button.setToolTip("Propagate only the selected objects (the others stay)")
+        self.new_id = QSpinBox()
+        self.new_id.setRange(1, 2**31 - 1)
+        self.new_id.setPrefix("new id ")
+        self.relabel_button = QPushButton("Change id")
+        self.relabel_button.setToolTip("Give the selected object the new id (an unused one)")
         buttons = QHBoxLayout()
         buttons.addWidget(self.goto_button)
         buttons.addWidget(self.delete_button)
+        edits = QHBoxLayout()
+        edits.addWidget(self.merge_button)
+        edits.addWidget(self.propagate_button)
+        relabel = QHBoxLayout()
+        relabel.addWidget(self.new_id)
+        relabel.addWidget(self.relabel_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
+        layout.addLayout(edits)
+        layout.addLayout(relabel)
         self.infos: dict[int, ObjectInfo] = {}
         self._filling = False
         self._layer = None
@@ -83,6 +111,9 @@ class ObjectList(QWidget):
         self.table.cellDoubleClicked.connect(lambda row, _: self.goto(self._id_of(row)))
         self.goto_button.clicked.connect(lambda: self.goto(self.selected()))
         self.delete_button.clicked.connect(self._delete)
+        self.merge_button.clicked.connect(lambda: self._with_selected(self.on_merge, 2))
+        self.propagate_button.clicked.connect(lambda: self._with_selected(self.on_propagate, 1))
+        self.relabel_button.clicked.connect(self._relabel)
 
     # ------------------------------------------------------------------ content
     def show_objects(self, infos: list[ObjectInfo], labels_layer=None) -> None:
@@ -134,12 +165,35 @@ class ObjectList(QWidget):
 
     # ------------------------------------------------------------------ actions
     def selected(self) -> int | None:
-        rows = self.table.selectionModel().selectedRows()
-        return self._id_of(rows[0].row()) if rows else None
+        """The object selected first (the current one), if any."""
+        ids = self.selected_ids()
+        return ids[0] if ids else None
+
+    def selected_ids(self) -> list[int]:
+        """The selected objects, the current one first, then in list order."""
+        rows = sorted(r.row() for r in self.table.selectionModel().selectedRows())
+        ids = [self._id_of(r) for r in rows]
+        current = self.table.currentRow()
+        if 0 <= current < self.table.rowCount() and current in rows:
+            first = self._id_of(current)
+            ids = [first] + [i for i in ids if i != first]
+        return ids
 
     def select(self, obj_id: int) -> None:
-        if obj_id in self.infos:
+        if obj_id in self.infos and obj_id not in self.selected_ids():
             self.table.selectRow(list(self.infos).index(obj_id))
+
+    def select_many(self, obj_ids) -> None:
+        """Select these objects (the first becomes the current one)."""
+        model = self.table.selectionModel()
+        self.table.clearSelection()
+        flags = model.SelectionFlag.Select | model.SelectionFlag.Rows
+        order = list(self.infos)
+        for obj_id in reversed(list(obj_ids)):
+            if obj_id in self.infos:
+                index = self.table.model().index(order.index(obj_id), 0)
+                model.select(index, flags)
+                model.setCurrentIndex(index, model.SelectionFlag.NoUpdate)
 
     def goto(self, obj_id: int | None) -> None:
         """The object's next prompted slice (cycling through them on repeated calls)."""
@@ -179,9 +233,19 @@ class ObjectList(QWidget):
             self.on_rename(obj_id, info.name)
 
     def _delete(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.on_delete(ids)
+
+    def _with_selected(self, action, at_least: int) -> None:
+        ids = self.selected_ids()
+        if action is not None and (len(ids) >= at_least or at_least == 2):
+            action(ids)
+
+    def _relabel(self) -> None:
         obj_id = self.selected()
-        if obj_id is not None:
-            self.on_delete(obj_id)
+        if obj_id is not None and self.on_relabel is not None:
+            self.on_relabel(obj_id, int(self.new_id.value()))
 
     def _apply_visibility(self) -> None:
         """Hidden objects are drawn transparent (their labels stay in the layer)."""

@@ -12,11 +12,14 @@ import numpy as np
 from .feedback import EXPECTED_ERRORS
 
 SLOW_SLICE = 1.5  # seconds: above this, suggest a smaller input size
+ESTIMATE_FROM = 2.0  # seconds: a run estimated to take longer says about how long
 
 
 class PropagationMixin:
-    def propagate(self, *_) -> None:
-        """Track every object through the stack, filling the Labels layer as slices arrive."""
+    def propagate(self, *_, obj_ids=None) -> None:
+        """Track every object (or ``obj_ids``) through the stack, filling the Labels layer as
+        slices arrive. Objects whose prompts did not change since their last propagation by
+        the same direction and range are not run again (see ``engine/reruns.py``)."""
         if self.session is None:
             self.feedback.error("Press Start and click on an object first.")
             return
@@ -24,31 +27,82 @@ class PropagationMixin:
             return
         start = None if self.first.value < 0 else int(self.first.value)
         stop = None if self.last.value < 0 else int(self.last.value)
+        direction = self.direction.value
         try:
-            passes = self.session.tracker.plan(self.direction.value, start, stop)
-        except EXPECTED_ERRORS as e:  # no prompt yet, a range outside the stack
-            self.feedback.error(_in_slices(e, self.direction.value))
-            return
-        try:
-            lineage = self.lineage.propagate_options(self.direction.value)
+            lineage = self.lineage.propagate_options(direction)
         except EXPECTED_ERRORS as e:  # divisions backward, a bad finder setting
             self.feedback.error(e)
             return
+        # A run that follows a lineage runs every object (the lineage is derived from all).
+        following = bool(any(lineage.get(k) for k in ("divisions", "new_objects", "lineage_edits")))
+        following = following or self.session.tracker._lineage is not None
+        call = (direction, start, stop, lineage.get("divisions"), lineage.get("new_objects"))
+        session = self.session
+        with session.lock:
+            every = list(session.obj_ids)
+            chosen = every if obj_ids is None else [i for i in every if i in set(obj_ids)]
+            if obj_ids is not None and not chosen:
+                self.feedback.error(
+                    f"Objects {sorted(obj_ids)} have no prompt to propagate from: click on them "
+                    "first."
+                )
+                return
+            todo = self.ledger.changed(session.tracker, call, chosen)
+        if every and not todo:
+            a, b = self.ledger.span(chosen)
+            which = "" if obj_ids is None else f" for objects {chosen}"
+            self.feedback.done(
+                f"Nothing changed{which} since the last propagation over slices {a}–{b}: "
+                "nothing was run (add or change a prompt, or choose another range or direction)."
+            )
+            return
+        run_ids = None if following or set(todo) == set(every) else todo
+        try:
+            passes = session.tracker.plan(direction, start, stop, obj_ids=run_ids)
+        except EXPECTED_ERRORS as e:  # no prompt yet, a range outside the stack
+            self.feedback.error(_in_slices(e, direction))
+            return
         yields = sum(abs(b - a) + 1 for a, b, _ in passes)
-        slices = len({f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)})
+        covered = {f for a, b, _ in passes for f in range(min(a, b), max(a, b) + 1)}
+        slices = len(covered)
         self._written = set()
         self._prompted_meanwhile = False
-        self.feedback.say(f"Propagating {self.direction.value} over {slices} slices…")
+        self.ledger.started(todo)
+        run = (call, (min(covered), max(covered)), todo, yields, time.perf_counter(), run_ids)
+        only = "" if run_ids is None else f" (objects {todo} only{self._unchanged(chosen, todo)})"
+        self.feedback.say(
+            f"Propagating {direction} over {slices} slices{only}{self._estimate(yields, todo)}…"
+        )
         self.propagation_worker = self.run(
             self.lineage.results,
-            self.direction.value,
+            direction,
             start,
             stop,
             lineage,
+            run_ids,
             yielded=self._show_frame,
-            finished=lambda: self._propagation_done(yields, slices),
+            finished=lambda: self._propagation_done(yields, slices, run),
         )
         self.start_progress(yields, "propagating", cancel=self.propagation_worker.quit)
+
+    @staticmethod
+    def _unchanged(chosen, todo) -> str:
+        same = [i for i in chosen if i not in todo]
+        return f"; {same} did not change" if same else ""
+
+    def _estimate(self, yields: int, objects) -> str:
+        """About how long the run takes: from the seconds per slice and object of the last
+        run, else from the seconds one slice took to embed (a lower bound)."""
+        per = getattr(self, "_seconds_per_object_slice", None)
+        if per is not None:
+            seconds = per * yields * max(1, len(objects))
+        elif getattr(self, "_embed_seconds", None) is not None:
+            seconds = self._embed_seconds * yields
+        else:
+            return ""
+        if seconds < ESTIMATE_FROM:
+            return ""
+        return f", about {_duration(seconds)}"
 
     @property
     def propagating(self) -> bool:
@@ -64,7 +118,7 @@ class PropagationMixin:
         if self.follow.value:
             self.go_to_frame(result.frame)
 
-    def _propagation_done(self, yields: int, slices: int) -> None:
+    def _propagation_done(self, yields: int, slices: int, run=None) -> None:
         self._propagations += 1
         self.end_progress()
         if self.session is None:
@@ -72,9 +126,17 @@ class PropagationMixin:
         self.lineage.on_done()
         self.refresh_objects()
         written = len(self._written)
+        if run is not None and written >= slices and not self.feedback.error_shown:
+            call, span, todo, _, began, _ = run
+            elapsed = time.perf_counter() - began
+            self._seconds_per_object_slice = elapsed / max(1, yields * len(todo))
+            with self.session.lock:
+                self.ledger.finished(self.session.tracker, call, span, todo)
         # Prompts given while it ran: noted when they were given (their sync may finish after
         # the propagation does) or found waiting in the tracker.
-        waiting = self._prompted_meanwhile or self.session.tracker.new_prompt_frames
+        waiting = self._prompted_meanwhile
+        if run is None or run[5] is None:  # a run of chosen objects: the others' prompts wait
+            waiting = waiting or self.session.tracker.new_prompt_frames
         note = " Prompts given while it ran are followed by the next Propagate." if waiting else ""
         if self.feedback.error_shown and written < slices:
             return  # the error says what happened
@@ -186,6 +248,7 @@ class PropagationMixin:
         if self._speed_checked or self.session is None:
             return
         self._speed_checked = True
+        self._embed_seconds = seconds  # the time estimate of a first propagation
         model = self.session.tracker.model
         size = model.config.image_size
         if model.device.type != "cpu" or seconds < SLOW_SLICE or size <= 256:
@@ -196,6 +259,14 @@ class PropagationMixin:
             f"{smaller} would take about {seconds / 4:.1f} s (less accurate): choose it under "
             "'input size' and press Start."
         )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
 
 
 def _in_slices(error: BaseException, direction: str) -> str | BaseException:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.reruns import PropagationLedger
 from .history import UNDO_KEYS, History, PromptState, Step, erase_objects, frames_of
 
 
@@ -18,11 +19,13 @@ class UndoMixin:
         self._propagation_step: tuple = (None, None)  # (worker, its step)
         self._recording = 0  # background work whose results still go into a step
         self._kept_note: str | None = None
+        self.ledger = PropagationLedger()  # what Propagate would repeat (propagation.py)
 
     def _start_history(self) -> None:
         """A session began: an empty history, from the tables as they are now; Ctrl+Z on SAM2
         labels goes through it instead of napari's own pixel undo."""
         self.history.clear()
+        self.ledger.clear()
         self._prompt_state = PromptState.capture(self.points, self.boxes)
         for key, action in zip(UNDO_KEYS, (self.undo_step, self.redo_step)):
             self.labels_layer.bind_key(key, lambda _layer, action=action: action(), overwrite=True)
@@ -134,6 +137,11 @@ class UndoMixin:
         if frames:
             self.labels_layer.refresh()
             self._recount(frames)
+        self.ledger.clear()  # the labels are no longer what the last propagation wrote
+        # Tracker work beyond the tables first (an id changed back), then the tables synced.
+        extra = step.undo_extra if undo else step.redo_extra
+        if extra is not None:
+            extra()
         if step.prompts is not None:
             state = step.prompts[0 if undo else 1]
             self._replaying = True
@@ -143,23 +151,27 @@ class UndoMixin:
                 self._replaying = False
             self._prompt_state = state
             self._sync_prompts(None, write=False)  # the pixels are back already
-        extra = step.undo_extra if undo else step.redo_extra
-        if extra is not None:
-            extra()
         self.refresh_objects()
 
     # ------------------------------------------------------------------ deleting
     def delete_object(self, obj_id: int) -> None:
         """Remove an object: its clicks, boxes, labels and everything the tracker keeps
         (undoable)."""
+        self.delete_objects([obj_id])
+
+    def delete_objects(self, obj_ids) -> None:
+        """Remove these objects (one undoable step)."""
         if self.session is None:
             return
+        obj_ids = sorted({int(i) for i in obj_ids})
+        if not obj_ids:
+            return
         before = PromptState.capture(self.points, self.boxes)
-        self._replaying = True  # the tracker forgets it below, not through a sync
+        self._replaying = True  # the tracker forgets them below, not through a sync
         try:
             for layer in (self.points, self.boxes):
                 ids = layer.features["obj_id"].to_numpy() if len(layer.data) else np.zeros(0)
-                mine = set(np.flatnonzero(ids == obj_id).tolist())
+                mine = set(np.flatnonzero(np.isin(ids, obj_ids)).tolist())
                 if mine:
                     layer.selected_data = mine
                     layer.remove_selected()
@@ -167,30 +179,47 @@ class UndoMixin:
             self._replaying = False
         self._prompt_state = after = PromptState.capture(self.points, self.boxes)
         session = self.session
-        masks = []
-        if obj_id in session.obj_ids:
-            prompted = session.tracker.prompted_frames(obj_id)
-            masks = [f for f in prompted if obj_id in session.mask_prompted(f)]
-            session.remove_object(obj_id)
-        step = self.history.push(Step(f"deleting object {obj_id}", (before, after)))
-        labelled = {f for f, ids in self._labelled.items() if obj_id in ids}  # not every slice
-        patches = erase_objects(self.geometry, self.labels_layer.data, [obj_id], labelled)
+        masks, names = {}, {}
+        for obj_id in obj_ids:
+            masks[obj_id] = []
+            if obj_id in session.obj_ids:
+                prompted = session.tracker.prompted_frames(obj_id)
+                masks[obj_id] = [f for f in prompted if obj_id in session.mask_prompted(f)]
+                session.remove_object(obj_id)
+            names[obj_id] = self.names.pop(obj_id, None)
+        which = f"object {obj_ids[0]}" if len(obj_ids) == 1 else f"objects {obj_ids}"
+        step = self.history.push(Step(f"deleting {which}", (before, after)))
+        chosen = set(obj_ids)
+        labelled = {f for f, ids in self._labelled.items() if chosen & set(ids)}  # not every slice
+        patches = erase_objects(self.geometry, self.labels_layer.data, obj_ids, labelled)
         for patch in patches:
             self.record(step, patch)
         if patches:
             self.labels_layer.refresh()
         for present in self._labelled.values():
-            present.discard(obj_id)
+            present.difference_update(obj_ids)
         self._labelled = {f: ids for f, ids in self._labelled.items() if ids}
-        name = self.names.pop(obj_id, None)
-        step.undo_extra = lambda: self._undelete(obj_id, masks, name)
-        step.redo_extra = lambda: self._forget_object(obj_id)
-        if int(self.obj_id.value) == obj_id:  # the current object is gone: the next one
-            ids = sorted(set(self.used_ids()) - {obj_id})
-            later = [i for i in ids if i > obj_id]
+        self.ledger.started(obj_ids)
+
+        def undelete():
+            for obj_id in obj_ids:
+                self._undelete(obj_id, masks[obj_id], names[obj_id])
+
+        def forget():
+            for obj_id in obj_ids:
+                self._forget_object(obj_id)
+
+        step.undo_extra, step.redo_extra = undelete, forget
+        current = int(self.obj_id.value)
+        if current in obj_ids:  # the current object is gone: the next one
+            ids = sorted(set(self.used_ids()) - set(obj_ids))
+            later = [i for i in ids if i > current]
             self.obj_id.value = later[0] if later else (ids[-1] if ids else 1)
         self.refresh_objects()
-        self.feedback.done(f"Object {obj_id} deleted (Ctrl+Z brings it back).")
+        what = which[0].upper() + which[1:]
+        self.feedback.done(
+            f"{what} deleted (Ctrl+Z brings {'it' if len(obj_ids) == 1 else 'them'} back)."
+        )
 
     def _undelete(self, obj_id: int, masks: list[int], name: str | None) -> None:
         if name:

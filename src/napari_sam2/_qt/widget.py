@@ -27,6 +27,7 @@ from . import layers as L
 from .export import LabelExport
 from .feedback import EXPECTED_ERRORS, Feedback, Runner
 from .lineage_tab import LineageTools
+from .object_edits import ObjectEditMixin
 from .object_list import ObjectList
 from .objects import ObjectTools
 from .prompting import META, PromptingMixin
@@ -73,7 +74,7 @@ class _CloseWatcher(QObject):
         return False
 
 
-class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
+class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin, Container):
     """Dock widget. ``viewer`` is the napari viewer it works on."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -154,8 +155,9 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         self.redo_button = PushButton(text="Redo")
         self.redo_button.tooltip = "Redo what was undone (Ctrl+Shift+Z)"
         self.object_list = ObjectList(
-            self._select_object, self.delete_object, self.go_to_frame, self._rename
-        )
+            self._select_object, self.delete_objects, self.go_to_frame, self._rename,
+            self.merge_objects, self.relabel_object, lambda ids: self.propagate(obj_ids=ids),
+        )  # fmt: skip
         self.objects = ObjectTools(self)
         self.direction = ComboBox(
             label="direction", choices=["forward", "backward", "both"], value="both"

@@ -161,3 +161,28 @@ def mask_as_output(model: SAM2Model, emb: ImageEmbedding, mask: torch.Tensor) ->
     score = MEMORY_MASK_SCALE * present + MEMORY_MASK_BIAS
     pointer = present * pointer + (1 - present) * model.no_obj_ptr
     return FrameRecord(low, pointer, score)
+
+
+def commit_pending(model: SAM2Model, objects: Iterable[ObjectMemory], embedding, batch: int):
+    """Encode the mask memory of every prompted frame of ``objects`` not yet encoded (``batch``
+    objects at a time; ``embedding(frame)`` gives the frame's embedding): from the upscaled
+    low-res logits, binarised, as the official preflight does."""
+    by_frame: dict[int, list[ObjectMemory]] = {}
+    for obj in objects:
+        for frame in obj.pending:
+            by_frame.setdefault(frame, []).append(obj)
+    for frame, objs in sorted(by_frame.items()):
+        emb = embedding(frame)
+        projected = model.memory_frame_projection(emb.features)
+        for start in range(0, len(objs), batch):
+            chunk = objs[start : start + batch]
+            records = [o.pending[frame] for o in chunk]
+            low = torch.cat([r.low_res for r in records])
+            score = torch.cat([r.score for r in records])
+            memory, _ = model.encode_memory(
+                emb.features, model.upscale_masks(low), score, True, projected
+            )
+            for i, (obj, record) in enumerate(zip(chunk, records)):
+                obj.cond[frame] = record.with_memory(memory[i : i + 1].clone())
+                del obj.pending[frame]
+                obj.history.pop(frame)

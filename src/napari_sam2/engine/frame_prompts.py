@@ -1,6 +1,7 @@
 """A user's prompt on one frame as the model reads it: clicks and boxes scaled to the model's
 input (new clicks added to the frame's earlier ones unless they replace them), masks resized to
-the input as the official ``add_new_mask`` does."""
+the input as the official ``add_new_mask`` does, and a label image's objects made into records
+of their masks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model import SAM2Model
-from .memory_bank import FramePrompt, ObjectMemory
+from ..model.sam2 import ImageEmbedding
+from .conditioning import mask_as_output
+from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .prompts import Prompt, PromptError, mask_prompt, to_model_points
 
 
@@ -54,3 +57,22 @@ def model_masks(masks, model: SAM2Model) -> torch.Tensor:
     if t.shape[-2:] != (s, s):
         t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
     return (t >= 0.5).float()
+
+
+def label_records(
+    model: SAM2Model, emb: ImageEmbedding, labels: np.ndarray, ids, absent, batch: int
+) -> tuple[list[tuple[int, FrameRecord]], list[int]]:
+    """Each id of ``ids`` in the label image ``labels`` as a mask prompt's record (an id of
+    ``absent`` as an empty mask), ``batch`` objects at a time: ([(id, record)], dropped), where
+    dropped are the ids whose mask vanishes at the model's input size."""
+    records, dropped = [], []
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        masks = model_masks([labels == i for i in chunk], model)
+        kept = masks.flatten(1).any(dim=1) | torch.tensor([i in absent for i in chunk])
+        dropped += [i for i, k in zip(chunk, kept.tolist()) if not k]
+        chunk = [i for i, k in zip(chunk, kept.tolist()) if k]
+        if chunk:
+            made = mask_as_output(model, emb, masks[kept])
+            records += [(obj_id, made.select(i)) for i, obj_id in enumerate(chunk)]
+    return records, dropped

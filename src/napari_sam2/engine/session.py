@@ -10,6 +10,7 @@ import numpy as np
 
 from ..model import SAM2Model
 from .prompts import PromptError
+from .reruns import rename_tracked
 from .video import FrameResult, VideoTracker, frames_in
 
 
@@ -224,11 +225,12 @@ class PromptSession:
             if not self.tracker.closed:
                 self.tracker.embed(frame)
 
-    def propagate(self, direction="forward", start=None, stop=None, **lineage):
-        """Like :meth:`VideoTracker.propagate` (``lineage``: its new_objects, divisions,
-        lineage_options, lineage_edits), holding the lock for each frame only."""
+    def propagate(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage):
+        """Like :meth:`VideoTracker.propagate` (of ``obj_ids`` only, if given; ``lineage``: its
+        new_objects, divisions, lineage_options, lineage_edits), holding the lock for each frame
+        only."""
         with self.lock:
-            run = self.tracker.propagate(direction, start, stop, **lineage)
+            run = self.tracker.propagate(direction, start, stop, obj_ids=obj_ids, **lineage)
         while True:
             with self.lock:
                 try:
@@ -265,10 +267,29 @@ class PromptSession:
                 )
             return getattr(self.tracker._lineage, action)(*args)
 
-    def plan(self, direction="forward", start=None, stop=None) -> int:
+    def plan(self, direction="forward", start=None, stop=None, obj_ids=None) -> int:
         """How many frames ``propagate`` will yield."""
         with self.lock:
-            return frames_in(self.tracker.plan(direction, start, stop))
+            return frames_in(self.tracker.plan(direction, start, stop, obj_ids=obj_ids))
+
+    def rename_object(self, old: int, new: int) -> None:
+        """Give object ``old`` the unused id ``new`` everywhere: its prompts (tables and mask
+        prompts, whose label images are relabelled) and the tracker's memory and results."""
+        with self.lock:
+            if new in self.tracker.obj_ids or any(o == new for _, o in self._synced):
+                raise ValueError(f"object id {new} is in use; choose an unused id")
+            if old in self.tracker.obj_ids:
+                rename_tracked(self.tracker, old, new)
+            for (frame, obj_id), signature in list(self._synced.items()):
+                if obj_id == old:
+                    del self._synced[(frame, obj_id)]
+                    self._synced[(frame, new)] = signature
+            for frame, (labels, ids) in list(self._label_prompts.items()):
+                if old in ids:
+                    relabelled = np.where(labels == old, new, labels)
+                    if relabelled.dtype != labels.dtype and new <= np.iinfo(labels.dtype).max:
+                        relabelled = relabelled.astype(labels.dtype)
+                    self._label_prompts[frame] = (relabelled, (ids - {old}) | {new})
 
     def close(self) -> None:
         with self.lock:

@@ -19,10 +19,17 @@ import torch
 
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
-from .conditioning import MemoryPlan, batches, condition, mask_as_output, memory_plan
+from .conditioning import (
+    MemoryPlan,
+    batches,
+    commit_pending,
+    condition,
+    mask_as_output,
+    memory_plan,
+)
 from .embeddings import EmbeddingStore, frame_fingerprint, store_for
 from .frame_embeddings import FrameEmbeddings
-from .frame_prompts import build_frame_prompt, model_masks
+from .frame_prompts import build_frame_prompt, label_records
 from .frames import FrameSource, FrameSourceError, Prefetcher
 from .memory_bank import FramePrompt, FrameRecord, ObjectMemory
 from .plan import DIRECTIONS, frames_in, plan_passes
@@ -259,24 +266,16 @@ class VideoTracker:
         absent = set(ids) - set(np.unique(lab).tolist())
         ids = [check_obj_id(i) for i in ids]
         emb = self._embedding(frame)
-        added, dropped = [], []
-        for start in range(0, len(ids), self.object_batch):
-            chunk = ids[start : start + self.object_batch]
-            masks = model_masks([lab == i for i in chunk], self.model)
-            kept = masks.flatten(1).any(dim=1) | torch.tensor([i in absent for i in chunk])
-            dropped += [i for i, k in zip(chunk, kept.tolist()) if not k]
-            chunk = [i for i, k in zip(chunk, kept.tolist()) if k]
-            if not chunk:
-                continue
-            records = mask_as_output(self.model, emb, masks[kept])
-            for i, obj_id in enumerate(chunk):
-                obj = self._objects.get(obj_id) or ObjectMemory(
-                    obj_id, self._history_capacity, self._spill_dir
-                )
-                self._objects.setdefault(obj_id, obj)
-                obj.prompts[frame] = FramePrompt(is_mask=True)
-                obj.pending[frame] = records.select(i)
-                added.append(obj_id)
+        added = []
+        records, dropped = label_records(self.model, emb, lab, ids, absent, self.object_batch)
+        for obj_id, record in records:
+            obj = self._objects.get(obj_id) or ObjectMemory(
+                obj_id, self._history_capacity, self._spill_dir
+            )
+            self._objects.setdefault(obj_id, obj)
+            obj.prompts[frame] = FramePrompt(is_mask=True)
+            obj.pending[frame] = record
+            added.append(obj_id)
         if dropped:
             warnings.warn(
                 f"object id(s) {dropped} on frame {frame} are too small to survive the resize "
@@ -352,6 +351,7 @@ class VideoTracker:
         start: int | None = None,
         stop: int | None = None,
         *,
+        obj_ids=None,
         new_objects: int | None = None,
         divisions: bool | None = None,
         lineage_options=None,
@@ -373,10 +373,16 @@ class VideoTracker:
         in between) continues exactly where it stopped and gives what one uninterrupted call
         gives — for ``both``, a finished forward pass is not run again.
 
-        New objects every N frames, divisions, lineage (``lineage_edits``: the user's
-        corrections, :mod:`.lineage_edits`): see :mod:`.lineage_tracking`.
+        ``obj_ids``: follow only these objects (the others keep their results, listed as they
+        are, so that overlaps are written as a run of all would write them), starting by
+        default from their own new prompts. New objects every N frames, divisions, lineage
+        (``lineage_edits``: the user's corrections, :mod:`.lineage_edits`): see
+        :mod:`.lineage_tracking`.
         """
-        if new_objects is not None or divisions or self._lineage or lineage_edits:
+        lineage = new_objects is not None or divisions or self._lineage or lineage_edits
+        if obj_ids is not None and lineage:
+            raise ValueError("obj_ids cannot be combined with new_objects, divisions or lineage")
+        if lineage:
             from .lineage_tracking import propagate_with_lineage
 
             return propagate_with_lineage(
@@ -389,51 +395,71 @@ class VideoTracker:
                 lineage_options,
                 edits=lineage_edits,
             )
-        passes = self.plan(direction, start, stop)
-        return self._propagate((direction, start, stop), passes)
+        passes = self.plan(direction, start, stop, obj_ids=obj_ids)
+        chosen = self._chosen(obj_ids)
+        call = (direction, start, stop) + (() if chosen is None else (chosen,))
+        return self._propagate(call, passes, chosen)
 
     def plan(
-        self, direction: str = "forward", start: int | None = None, stop: int | None = None
+        self, direction: str = "forward", start=None, stop=None, *, obj_ids=None
     ) -> list[tuple[int, int, bool]]:
         """The passes :meth:`propagate` would run, as (first, last, reverse) triples;
         :func:`frames_in` counts the frames it will yield (for progress bars)."""
         self._check_open()
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        call = (direction, start, stop)
+        chosen = self._chosen(obj_ids)
+        call = (direction, start, stop) + (() if chosen is None else (chosen,))
         start = None if start is None else self.source.check_index(start)
         stop = None if stop is None else self.source.check_index(stop)
         self._check_ready()
         if self._unfinished is not None and self._unfinished[0] == call:
             return list(self._unfinished[1])
-        return plan_passes(direction, start, stop, self.num_frames, self._default_start)
+        default = lambda reverse: self._default_start(reverse, chosen)  # noqa: E731
+        return plan_passes(direction, start, stop, self.num_frames, default)
 
-    def _propagate(self, call, passes):
+    def _chosen(self, obj_ids) -> tuple[int, ...] | None:
+        """``obj_ids`` checked (known objects, in tracking order), or None for all objects."""
+        if obj_ids is None:
+            return None
+        wanted = {check_obj_id(i) for i in obj_ids}
+        if not wanted:
+            raise ValueError("obj_ids is empty: give at least one object id, or None for all")
+        for i in wanted:
+            self._object(i)
+        return tuple(i for i in self._objects if i in wanted)
+
+    def _propagate(self, call, passes, chosen=None):
         for i, (first, last, reverse) in enumerate(passes):
-            yield from self._pass(first, last, reverse, call, passes[i + 1 :])
+            yield from self._pass(first, last, reverse, call, passes[i + 1 :], chosen)
         self._unfinished = None
         # Prompts given while it ran are still to be followed by the next propagation.
         self._new_prompt_frames = {f for o in self._objects.values() for f in o.pending}
 
-    def _default_start(self, reverse: bool) -> int:
+    def _default_start(self, reverse: bool, chosen=None) -> int:
         candidates = set(self._new_prompt_frames)
-        if self._resume[reverse] is not None:
+        if chosen is not None:  # their own new prompts, else all their prompts
+            objs = [self._objects[i] for i in chosen]
+            theirs = {f for o in objs for f in (*o.prompts, *o.pending)}
+            candidates = (candidates & theirs) or {f for o in objs for f in (*o.cond, *o.pending)}
+        elif self._resume[reverse] is not None:
             candidates.add(self._resume[reverse])
         if not candidates:
             candidates = {f for o in self._objects.values() for f in o.cond}
         return max(candidates) if reverse else min(candidates)
 
     @torch.inference_mode()
-    def _pass(self, first, last, reverse, call, later) -> Iterator[FrameResult]:
+    def _pass(self, first, last, reverse, call, later, chosen) -> Iterator[FrameResult]:
         self._check_open()
-        self._commit_pending()
+        objects = self._objects.values() if chosen is None else [self._objects[i] for i in chosen]
+        commit_pending(self.model, objects, self._embedding, self.object_batch)
         step = -1 if reverse else 1
         order = range(first, last + step, step)
         self._resume[reverse] = first
         for i, frame in enumerate(order):
             if i + 1 < len(order) and not self._embeddings.known(order[i + 1]):
                 self._prefetch.request(order[i + 1])
-            self._track_frame(frame, reverse)
+            self._track_frame(frame, reverse, objects)
             if not any(frame in o.pending for o in self._objects.values()):
                 self._new_prompt_frames.discard(frame)
             more = i + 1 < len(order)
@@ -443,8 +469,8 @@ class VideoTracker:
             yield self.result(frame)
         self._resume[reverse] = None
 
-    def _track_frame(self, frame: int, reverse: bool) -> None:
-        todo = [o for o in self._objects.values() if frame not in o.cond]
+    def _track_frame(self, frame: int, reverse: bool, objects) -> None:
+        todo = [o for o in objects if frame not in o.cond]
         # An object prompted while this propagation runs has nothing encoded to follow yet:
         # the next propagation commits its prompt and tracks it.
         plans = [self._memory_plan(o, frame, reverse) for o in todo]
@@ -471,33 +497,9 @@ class VideoTracker:
                 for i, plan in enumerate(batch):
                     plan.obj.history.put(frame, records.select(i))
         followed = {id(p.obj) for p in plans}
-        for obj in self._objects.values():
+        for obj in objects:
             if frame in obj.cond or id(obj) in followed:
                 obj.tracked[frame] = reverse
-
-    def _commit_pending(self) -> None:
-        """Encode the mask memory of every prompted frame not yet encoded (``object_batch``
-        objects at a time): from the upscaled low-res logits, binarised, as the official
-        preflight does."""
-        by_frame: dict[int, list[ObjectMemory]] = {}
-        for obj in self._objects.values():
-            for frame in obj.pending:
-                by_frame.setdefault(frame, []).append(obj)
-        for frame, objs in sorted(by_frame.items()):
-            emb = self._embedding(frame)
-            projected = self.model.memory_frame_projection(emb.features)
-            for start in range(0, len(objs), self.object_batch):
-                batch = objs[start : start + self.object_batch]
-                records = [o.pending[frame] for o in batch]
-                low = torch.cat([r.low_res for r in records])
-                score = torch.cat([r.score for r in records])
-                memory, _ = self.model.encode_memory(
-                    emb.features, self.model.upscale_masks(low), score, True, projected
-                )
-                for i, (obj, record) in enumerate(zip(batch, records)):
-                    obj.cond[frame] = record.with_memory(memory[i : i + 1].clone())
-                    del obj.pending[frame]
-                    obj.history.pop(frame)
 
     def _memory_plan(self, obj: ObjectMemory, frame: int, reverse: bool) -> MemoryPlan:
         return memory_plan(
