@@ -31,6 +31,7 @@ from .objects import ObjectTools
 from .prompting import META, PromptingMixin
 from .propagation import PropagationMixin
 from .sessions import SessionMixin
+from .train_tab import TrainTab
 
 POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
 EMBEDDING_CACHE = 8  # slices whose image embedding is kept in RAM (LRU); all go to disk
@@ -175,13 +176,15 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
             "Segment": self.cancel_button,
             "Many objects": self.cancel_everything,
         }
+        self.trainer = TrainTab(self)
+        self.cancel_buttons["Train"] = self.trainer.cancel
         many = list(self.objects.widgets)
         many.insert(many.index(self.objects.segment_all) + 1, self.cancel_everything)
         self.session_folder = FileEdit(label="session folder", mode="d", value="")
         self.save_button = PushButton(text="Save session")
         self.load_button = PushButton(text="Load session")
         self.exporter = LabelExport(self)
-        # Four tabs, so that the dock fits a laptop screen; the progress bar and the status
+        # Five tabs, so that the dock fits a laptop screen; the progress bar and the status
         # line stay in view below them.
         self.tabs = QTabWidget()
         self.pages = {}
@@ -200,6 +203,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
                  self.cancel_button],
             ),
             ("Many objects", many),
+            ("Train", self.trainer.widgets),
             (
                 "Session",
                 [self.session_folder, self.save_button, self.load_button, *self.exporter.widgets],
@@ -502,6 +506,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
     def _on_layers_changed(self, *_) -> None:
         self.image.reset_choices()
         self.objects.source.reset_choices()
+        self.trainer.reset_choices()
 
     def _on_layer_removed(self, event) -> None:
         self._on_layers_changed()
@@ -552,6 +557,7 @@ class SAM2Widget(PromptingMixin, PropagationMixin, SessionMixin, Container):
         ):
             w.enabled = on
         self.objects.set_enabled(on)
+        self.trainer.set_enabled(on)
 
     def run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
         return self.runner.run(
