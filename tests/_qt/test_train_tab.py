@@ -69,7 +69,7 @@ def test_training_switches_the_session_to_the_trained_model(qtbot, session, mode
     assert sidecar["base_checkpoint"] == "weights given in memory"
     assert sidecar["data"][0]["frames"] == 1  # the one labelled slice, as an image
     assert widget.feedback.bar.value == 4  # the progress bar followed the steps
-    assert "one-click IoU" in tab.figures.value and out.name in tab.figures.value
+    assert "one-click IoU" in tab.figures.value and out.name in widget.status.value
     assert not state_path(out).exists()
 
     # The session runs on the trained weights, as loaded from the file; the old model is as it was.

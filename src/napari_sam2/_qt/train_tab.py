@@ -116,11 +116,14 @@ class TrainTab:
             "Labels layers to learn from too, each with the image layer of its shape; their "
             "slices with labels are used"
         )
+        self.layers.native.setMaximumHeight(90)  # a few rows; the dock must fit a laptop
         self.button = PushButton(text="Train on these annotations")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.cancel.tooltip = "Stop after the step in progress; the model in use stays as it is"
         self.figures = Label(value="")
         self.figures.native.setWordWrap(True)
+        lines = self.figures.native.fontMetrics().lineSpacing()
+        self.figures.native.setMinimumHeight(9 * lines)  # the figures of a run, never clipped
         self.widgets = [self.what, self.lora, self.steps, self.lr, self.slices, self.layers,
                         self.button, self.cancel, self.figures]  # fmt: skip
         self.what.changed.connect(self._default_lr)
@@ -323,8 +326,8 @@ class TrainTab:
             return
         step, steps, loss, val_iou = self._latest
         self.widget.feedback.bar.value = min(step, self.widget.feedback.bar.max)
-        iou = "" if val_iou is None else f" · validation IoU {val_iou:.2f}"
-        self.figures.value = f"Step {step} of {steps} · loss {loss:.3f}{iou}"
+        iou = "" if val_iou is None else f"\nvalidation IoU {val_iou:.2f}"
+        self.figures.value = f"Step {step} of {steps}\nloss {loss:.3f}{iou}"
 
     def _finished(self) -> None:
         self._timer.stop()
@@ -349,10 +352,12 @@ class TrainTab:
         after = report.val_after["one_click_iou"]
         held = " (on the training objects: too few to hold any out)"
         held = held if report.val_on_training_objects else ""
+        where = "on the training objects" if report.val_on_training_objects else ""
+        where = where or f"{report.val_after.get('objects', '?')} held-out objects"
         self.figures.value = (
-            f"{report.steps} steps in {report.seconds:.0f} s · loss {report.losses[0]:.3f} → "
-            f"{report.losses[-1]:.3f} · one-click IoU {before:.2f} → {after:.2f}{held} · "
-            f"{report.path.name}"
+            f"{report.steps} steps in {report.seconds:.0f} s\n"
+            f"loss {report.losses[0]:.3f} → {report.losses[-1]:.3f}\n"
+            f"one-click IoU {before:.2f} → {after:.2f}\n({where})"
         )
         if w.session is None or w.image_layer is None:
             w.feedback.done(f"Training finished: the model is in {report.path}.")
