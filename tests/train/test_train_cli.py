@@ -160,3 +160,15 @@ def test_lora_is_merged_into_plain_weights_meta_loads(tmp_path, stack, random_ti
         base["image_encoder.trunk.blocks.0.norm1.weight"],
     )  # nothing else in it
     build_sam2(config_file("sam2.1_hiera_tiny"), ckpt_path=str(out), device="cpu")  # strict
+
+
+def test_weights_in_memory_train_as_their_file_does(tmp_path, stack, random_tiny_checkpoint):
+    """The widget trains the model it is using: a state dict in memory is a base checkpoint
+    like its file, with the same result, and the sidecar says where the weights came from."""
+    from_file = _api(stack, tmp_path / "file.pt", random_tiny_checkpoint)
+    state = torch.load(random_tiny_checkpoint, weights_only=True)["model"]
+    in_memory = _api(stack, tmp_path / "memory.pt", state)
+    assert in_memory.losses == pytest.approx(from_file.losses, rel=1e-6)
+    sidecar = json.loads((tmp_path / "memory.json").read_text())
+    assert sidecar["base_checkpoint"] == "weights given in memory"
+    ns.load_model("sam2.1_hiera_tiny", checkpoint=tmp_path / "memory.pt", device="cpu")

@@ -33,6 +33,7 @@ from .objects import ObjectTools
 from .prompting import META, PromptingMixin
 from .propagation import PropagationMixin
 from .sessions import SessionMixin
+from .train_tab import TrainTab
 
 POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
 EMBEDDING_CACHE = 8  # slices whose image embedding is kept in RAM (LRU); all go to disk
@@ -178,6 +179,8 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
             "Segment": self.cancel_button,
             "Many objects": self.cancel_everything,
         }
+        self.trainer = TrainTab(self)
+        self.cancel_buttons["Train"] = self.trainer.cancel
         many = list(self.objects.widgets)
         many.insert(many.index(self.objects.segment_all) + 1, self.cancel_everything)
         self.session_folder = FileEdit(label="session folder", mode="d", value="")
@@ -185,7 +188,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         self.load_button = PushButton(text="Load session")
         self.exporter = LabelExport(self)
         self.lineage = LineageTools(self)
-        # Five tabs, so that the dock fits a laptop screen; the progress bar and the status
+        # Six tabs, so that the dock fits a laptop screen; the progress bar and the status
         # line stay in view below them.
         self.tabs = QTabWidget()
         self.pages = {}
@@ -205,6 +208,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
             ),
             ("Many objects", many),
             ("Lineage", self.lineage.widgets),
+            ("Train", self.trainer.widgets),
             (
                 "Session",
                 [self.session_folder, self.save_button, self.load_button, *self.exporter.widgets],
@@ -507,6 +511,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
     def _on_layers_changed(self, *_) -> None:
         self.image.reset_choices()
         self.objects.source.reset_choices()
+        self.trainer.reset_choices()
 
     def _on_layer_removed(self, event) -> None:
         self._on_layers_changed()
@@ -558,6 +563,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
             w.enabled = on
         self.objects.set_enabled(on)
         self.lineage.set_enabled(on)
+        self.trainer.set_enabled(on)
 
     def run(self, fn, *args, yielded=None, returned=None, finished=None, quiet=False):
         return self.runner.run(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,7 +106,7 @@ def train(
     out: str | os.PathLike,
     *,
     model: str = DEFAULT_MODEL,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Mapping | None = None,
     image_size: int = 1024,
     steps: int = 300,
     lr: float | None = None,
@@ -136,7 +136,9 @@ def train(
     or ``memory``). lr: default :data:`DEFAULT_LR` for the mode. clip_frames: K consecutive frames
     per stack sample. precision: ``fp32``, ``bf16`` (autocast; only where the device has it
     natively) or ``auto``. resume: continue an interrupted run from its state file.
-    ``progress(step, steps, loss, val_iou)`` is called after every step.
+    ``progress(step, steps, loss, val_iou)`` is called after every step; an exception it
+    raises stops the run (a front end's Cancel) with the resumable state kept. ``checkpoint``
+    may also be a state dict in memory (the weights a front end is using).
 
     Every input is checked before the model is built, raising :class:`~napari_sam2.io.InputError`
     (data, labels, output, a base checkpoint of another configuration); an unreadable checkpoint
@@ -182,7 +184,10 @@ def train(
         from ..weights import fetch
 
         checkpoint = fetch(model)
-    state = read_state_dict(checkpoint)
+    if isinstance(checkpoint, Mapping):
+        state, checkpoint = dict(checkpoint), "weights given in memory"
+    else:
+        state = read_state_dict(checkpoint)
     guess = identify(state)
     if guess != config.name:
         hint = f": pass --model {guess}" if guess in CONFIGS else ""
