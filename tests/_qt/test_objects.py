@@ -53,11 +53,40 @@ def test_segment_everything_makes_one_object_per_mask(flow, qtbot):
     assert new and new[0] >= 2
     assert set(widget.session.obj_ids) == {1, *new}
     assert widget.session.mask_prompted(2) == set(new)
-    assert sum(progress) <= 16 and "objects on slice 2: done" in widget.status.value
+    assert (
+        sum(step for step, _ in progress) <= 16
+        and "objects on slice 2: done" in widget.status.value
+    )
+    assert {total for _, total in progress} == {16}  # one window: the 4 x 4 grid
     widget.direction.value = "both"
     widget.propagate()
     wait(qtbot, widget)
     assert "Propagated" in widget.status.value
+
+
+def test_segment_everything_on_a_big_slice_runs_in_windows_with_its_total(
+    make_napari_viewer, qtbot, model
+):
+    """A slice larger than 1.5 times the model's input is segmented in full-resolution
+    windows: the status says so, and the bar counts every window's clicks."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.tile(cells(t=2), (1, 6, 5)), name="big")  # 288 x 320, input 128
+    widget = SAM2Widget(viewer)
+    widget.use_model(model, image)
+    wait(qtbot, widget)
+    tools = widget.objects
+    tools.points_per_side.value = 4
+    tools.iou_threshold.value = 0.0
+    tools.stability_threshold.value = 0.0
+    tools.segment_everything()
+    assert "in windows of 128 pixels at full resolution" in widget.status.value
+    progress = []
+    widget.worker.yielded.connect(progress.append)
+    wait(qtbot, widget)
+    totals = {total for _, total in progress}
+    assert len(totals) == 1 and totals.pop() > 16  # several windows of 4 x 4 clicks
+    # (random weights may find nothing whole in any window: either outcome is a finished run)
+    assert "on slice 0" in widget.status.value and "⚠" not in widget.status.value
 
 
 def test_segment_everything_can_be_cancelled(flow, qtbot):

@@ -20,6 +20,7 @@ from napari.layers import Labels
 
 from ..engine.automatic import masks_to_labels
 from ..engine.labels import label_dtype_for
+from ..engine.tiles import resolve_tiles, tile_geometry
 from .history import Step, frame_patch, frames_of, paint_patch
 
 SAM2_META = "napari_sam2"  # the metadata key of the plugin's own layers (prompting.META)
@@ -115,19 +116,27 @@ class ObjectTools:
             "points_per_side": int(self.points_per_side.value),
             "pred_iou_thresh": float(self.iou_threshold.value),
             "stability_score_thresh": float(self.stability_threshold.value),
+            "tiles": "auto",  # big slices in native-resolution windows (docs/big-images.md)
         }
-        total = options["points_per_side"] ** 2
+        total = options["points_per_side"] ** 2  # until the generator reports its own total
         if not w.start_progress(
             total, "SAM 2: segmenting everything", cancel=self._cancel.set, tab="Many objects"
         ):
             return  # one long task at a time (a double click starts it once)
         self._cancel.clear()
         w.feedback.say(f"Segmenting everything on slice {frame}…")
+        size = w.session.tracker.model.config.image_size
+        tile, _ = tile_geometry(size, None, None)
+        if resolve_tiles("auto", tuple(w.geometry.spatial_shape), size, tile):
+            w.feedback.say(
+                f"Segmenting everything on slice {frame} in windows of {tile} pixels at full "
+                "resolution (the slice is larger than the model's input)…"
+            )
         w._run(
             self._generate,
             frame,
             options,
-            yielded=w.advance_progress,
+            yielded=self._advance,
             returned=lambda records: self._add_found(frame, records),
             finished=w.end_progress,
         )
@@ -142,7 +151,7 @@ class ObjectTools:
         def report(done, total):
             if self._cancel.is_set():
                 raise Cancelled()
-            updates.put(done)
+            updates.put((done, total))
 
         def run():
             try:
@@ -156,8 +165,9 @@ class ObjectTools:
         thread.start()
         shown = 0
         try:
-            while (done := updates.get()) is not None:
-                yield done - shown
+            while (update := updates.get()) is not None:
+                done, total = update
+                yield done - shown, total
                 shown = done
         finally:  # also when the worker is quit: stop the generator thread, then wait for it
             if thread.is_alive():
@@ -168,6 +178,13 @@ class ObjectTools:
         if "error" in outcome:
             raise outcome["error"]
         return outcome["records"]
+
+    def _advance(self, update) -> None:
+        """Clicks done since the last update, and the total the generator counts (tiled:
+        every window's clicks)."""
+        step, total = update
+        self.widget.feedback.bar.max = max(1, int(total))
+        self.widget.advance_progress(step)
 
     def _add_found(self, frame: int, records) -> None:
         w = self.widget
