@@ -142,3 +142,54 @@ def test_s3_without_s3fs_names_the_package(block):
 def test_unknown_url_scheme_is_refused():
     with pytest.raises(InputError, match="cannot read ftp:// stacks"):
         open_stack("ftp://example.org/img.ome.zarr")
+
+
+# --------------------------------------------------------------------------- bioio ([formats])
+def test_czi_without_bioio_names_the_extra(block, tmp_path):
+    block("bioio", "bioio_base")
+    path = tmp_path / "cells.czi"
+    path.write_bytes(b"ZISRAWFILE")
+    extra = r'pip install "napari-sam2\[formats\]"'
+    with pytest.raises(InputError, match=rf"\.czi files needs bioio.*{extra}"):
+        open_stack(path)
+
+
+def test_other_file_type_without_bioio_is_unsupported_and_names_the_extra(block, tmp_path):
+    block("bioio", "bioio_base")
+    path = tmp_path / "cells.oib"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"unsupported file type.*napari-sam2\[formats\]"):
+        open_stack(path)
+
+
+def test_file_no_bioio_plugin_reads_is_a_clear_error(tmp_path):
+    path = tmp_path / "cells.xyz"
+    path.write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"unsupported file type.*napari-sam2\[formats\]"):
+        open_stack(path)
+
+
+def test_bioio_reader_maps_axes_and_pixel_sizes_lazily(tmp_path):
+    """An OME-TIFF read through bioio-ome-tiff (what the CZI, ND2 and LIF plugins hand over
+    too: a TCZYX(S) dask array and physical pixel sizes): singletons dropped, channels last,
+    Z/Y/X sizes in micrometres, the frames those of the file."""
+    import tifffile
+
+    from napari_sam2.io.stacks import _open_other
+
+    data = (np.arange(4 * 2 * 20 * 24) % 251).astype(np.uint16).reshape(4, 2, 20, 24)
+    path = tmp_path / "cells.ome.tif"
+    meta = {"axes": "ZCYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(path, data, ome=True, metadata=meta)
+    array, axes, _, geometry = _open_other(path, known=True)
+    assert axes == "ZYXC" and array.shape == (4, 20, 24, 2) and array.dtype == np.uint16
+    assert geometry.axes == "zyxc" and geometry.sizes == (2.0, 0.5, 0.5, None)
+    assert geometry.units == ("micrometer",) * 3 + (None,)
+    assert np.array_equal(array[3], np.moveaxis(data[3], 0, -1))
+
+    rgb = (np.arange(3 * 20 * 24 * 3) % 251).astype(np.uint8).reshape(3, 20, 24, 3)
+    path = tmp_path / "rgb.ome.tif"
+    tifffile.imwrite(path, rgb, ome=True, photometric="rgb", metadata={"axes": "TYXS"})
+    array, axes, _, geometry = _open_other(path, known=True)
+    assert axes == "TYXC" and array.shape == (3, 20, 24, 3)
+    assert np.array_equal(array[1], rgb[1])

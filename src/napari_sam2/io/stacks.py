@@ -12,6 +12,7 @@ import numpy as np
 
 from ..engine.stack import AxisFrames, StackError, StackGeometry
 from .errors import InputError
+from .formats import BIOIO_SUFFIXES, open_bioio
 from .ome import Geometry, label_geometry, multiscales, tiff_geometry, unknown, zarr_geometry
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -163,10 +164,15 @@ def _open_array(path: Path):
             raise InputError(f"cannot read {path} as a .npy array: {e}") from e
     if path.is_dir():
         return _open_zarr(path)
-    raise InputError(
-        f"{path}: unsupported file type; give a TIFF / OME-TIFF (.tif, .tiff), a .npy file or a "
-        "zarr directory"
-    )
+    return _open_other(path, known=suffix in BIOIO_SUFFIXES)
+
+
+def _open_other(path: Path, *, known: bool):
+    """A file of another format, through bioio (the ``[formats]`` extra), its singleton axes
+    dropped and a channel axis moved last as an OME-Zarr image's are."""
+    array, axes, closers, geometry = open_bioio(path, known=known)
+    view = AxesView(array, axes)
+    return view, view.axes.upper(), closers, geometry.subset(view.order)
 
 
 def _open_tiff(path: Path):
