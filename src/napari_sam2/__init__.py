@@ -25,6 +25,7 @@ from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
 from .engine.tiles import TilesError
 from .engine.video import FrameResult, VideoTracker
+from .io.stacks import Stack, open_stack
 from .io.tracks import write_ctc, write_geff, write_tracks_csv
 from .model import MODEL_NAMES, CheckpointError, DeviceError, PrecisionError, SAM2Model
 from .train import TrainReport, train
@@ -64,6 +65,8 @@ __all__ = [
     "write_ctc",
     "write_geff",
     "write_tracks_csv",
+    "Stack",
+    "open_stack",
     "TrainReport",
     "train",
 ]

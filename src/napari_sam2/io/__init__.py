@@ -3,7 +3,10 @@ label volumes written frame by frame.
 
 - :func:`open_stack`: a TIFF / OME-TIFF, ``.npy``, zarr or OME-Zarr stack as frames the tracker
   reads one at a time (memory-mapped or chunked; nothing is loaded whole), with its axes and
-  pixel sizes where the file has them (:mod:`napari_sam2.io.ome`).
+  pixel sizes where the file has them (:mod:`napari_sam2.io.ome`); a bioformats2raw layout as
+  its image ``0/``; an OME-Zarr image at an ``https://`` / ``s3://`` URL read-only through
+  fsspec; CZI, ND2, LIF and other formats through bioio (:mod:`napari_sam2.io.formats`, the
+  ``[formats]`` extra).
 - :func:`read_prompts`: clicks and boxes from a CSV file (our columns, or napari's Points export),
   every row checked, errors naming the line.
 - :func:`add_prompts`: give them to a :class:`~napari_sam2.VideoTracker`.

@@ -15,7 +15,7 @@ from ..engine.labels import label_dtype_for
 from .errors import InputError
 from .ome import LABEL_NAME, Geometry, tiff_metadata
 from .ome_labels import SPARSE, check_into_image, image_of_labels
-from .stacks import TIFF_SUFFIXES
+from .stacks import TIFF_SUFFIXES, is_url
 
 OUTPUT_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
 
@@ -48,10 +48,10 @@ def check_output(
     ``IMAGE.ome.zarr/labels/NAME``: the labels group of an OME-Zarr image); an output that is
     one of ``inputs``, holds one of them (a zarr group around the input array) or lies inside
     one (except an input image's own ``labels/NAME``, the one place meant for it); an output
-    that is or holds one of ``read_only`` (files such as a prompts
-    CSV, whose folder may hold outputs); an existing output without ``overwrite``; a folder that
-    does not exist (unless ``folder_exists`` is False: it will be made) or cannot be written.
-    Nothing is created or changed."""
+    that is or holds one of ``read_only`` (files such as a prompts CSV, whose folder may hold
+    outputs; a remote input, a URL, is none of these); an existing output without
+    ``overwrite``; a folder that does not exist (unless ``folder_exists`` is False: it will be
+    made) or cannot be written. Nothing is created or changed."""
     path = Path(path)
     image = image_of_labels(path)
     if image is not None:
@@ -63,6 +63,8 @@ def check_output(
         )
     target = path.resolve()
     for source, inside_ok in [(s, False) for s in inputs] + [(s, True) for s in read_only]:
+        if is_url(source):  # a remote stack: no local output is it, in it or around it
+            continue
         src = Path(source).resolve()
         if image is not None and src == image.resolve() and not inside_ok:
             continue  # the image's own labels group: the one output allowed inside an input

@@ -3,6 +3,7 @@ follows objects through."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..engine.stack import AxisFrames, StackError, StackGeometry
 from .errors import InputError
+from .formats import BIOIO_SUFFIXES, open_bioio
 from .ome import Geometry, label_geometry, multiscales, tiff_geometry, unknown, zarr_geometry
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -35,7 +37,7 @@ class Stack:
     two non-spatial axes, ``axis`` is the tracked one and ``index`` the position on the other.
     """
 
-    path: Path
+    path: Path | str  # a str for a remote stack (its URL)
     frames: AxisFrames
     shape: tuple[int, ...]
     axes: str | None
@@ -96,10 +98,14 @@ def open_stack(
     that one; with two, e.g. (T, Z, Y, X), ``axis`` says which is tracked (0 or 1) and ``index``
     where on the other the frames are taken. A single 2-D image is a stack of one frame.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"stack not found: {path}")
-    array, axes, closers, named = _open_array(path)
+    if is_url(path):
+        path = str(path)
+        array, axes, closers, named = _open_remote(path)
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"stack not found: {path}")
+        array, axes, closers, named = _open_array(path)
     shape = tuple(int(s) for s in array.shape)
     channels = _channel_count(shape, axes)
     lead = len(shape) - 2 - (channels is not None)
@@ -158,10 +164,15 @@ def _open_array(path: Path):
             raise InputError(f"cannot read {path} as a .npy array: {e}") from e
     if path.is_dir():
         return _open_zarr(path)
-    raise InputError(
-        f"{path}: unsupported file type; give a TIFF / OME-TIFF (.tif, .tiff), a .npy file or a "
-        "zarr directory"
-    )
+    return _open_other(path, known=suffix in BIOIO_SUFFIXES)
+
+
+def _open_other(path: Path, *, known: bool):
+    """A file of another format, through bioio (the ``[formats]`` extra), its singleton axes
+    dropped and a channel axis moved last as an OME-Zarr image's are."""
+    array, axes, closers, geometry = open_bioio(path, known=known)
+    view = AxesView(array, axes)
+    return view, view.axes.upper(), closers, geometry.subset(view.order)
 
 
 def _open_tiff(path: Path):
@@ -186,17 +197,28 @@ def _open_tiff(path: Path):
         raise InputError(f"cannot read {path} as a TIFF stack: {e}") from e
 
 
-def _open_zarr(path: Path):
+def _open_zarr(path: Path | str, store=None):
     """A zarr array; a group's only array; or an OME-Zarr image's finest level, with its axes
-    and pixel sizes, singleton axes (other than Y, X) dropped and a channel axis moved last."""
+    and pixel sizes, singleton axes (other than Y, X) dropped and a channel axis moved last.
+    A bioformats2raw layout (its root group says ``bioformats2raw.layout``) is its first
+    image, ``0/``. ``store``: where to read ``path`` from (a remote store), else the path."""
     import zarr
 
     try:
-        node = zarr.open(str(path), mode="r")
+        node = zarr.open(str(path) if store is None else store, mode="r")
     except Exception as e:  # zarr raises several types for "not a zarr store"
         raise InputError(f"cannot open {path} as a zarr array or group: {e}") from e
     if hasattr(node, "shape"):
         return node, None, [], unknown(node.ndim)
+    if not multiscales(dict(node.attrs)) and _bioformats2raw(dict(node.attrs)):
+        try:
+            node = node["0"]
+        except (KeyError, FileNotFoundError) as e:
+            raise InputError(
+                f"{path} is a bioformats2raw layout without its image 0/ ({e!r}); give the path "
+                "of an image in it"
+            ) from None
+        path = f"{path}/0"
     if multiscales(dict(node.attrs)):
         try:
             level, geometry = zarr_geometry(node)
@@ -209,6 +231,11 @@ def _open_zarr(path: Path):
             geometry = unknown(array.ndim)
         view = AxesView(array, geometry.axes)
         return view, view.axes.upper(), [], geometry.subset(view.order)
+    if store is not None:  # a remote folder cannot be listed
+        raise InputError(
+            f"{path} is a zarr group without OME-Zarr multiscales metadata: give the URL of the "
+            "array (or OME-Zarr image) to segment"
+        )
     arrays = [name for name, _ in node.arrays()]
     if len(arrays) == 1:
         array = node[arrays[0]]
@@ -217,6 +244,47 @@ def _open_zarr(path: Path):
         f"{path} is a zarr group with arrays {arrays or 'none'}: give the path of the array to "
         f"segment, e.g. {path / (arrays[0] if arrays else 'ARRAY')}"
     )
+
+
+def _bioformats2raw(attrs: dict) -> bool:
+    """Whether a group's attributes mark a bioformats2raw layout (NGFF 0.4: top level; 0.5:
+    under "ome")."""
+    return "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in attrs.get("ome", {})
+
+
+# ------------------------------------------------------------------------------ remote OME-Zarr
+REMOTE_SCHEMES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs"}
+
+
+def is_url(path) -> bool:
+    """Whether ``path`` names a remote stack (``https://``, ``s3://``, ...), not a local file."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _open_remote(url: str):
+    """An OME-Zarr image (or zarr array) at ``url``, read-only through fsspec."""
+    scheme = url.split("://", 1)[0].lower()
+    package = REMOTE_SCHEMES.get(scheme)
+    if package is None:
+        raise InputError(
+            f"{url}: cannot read {scheme}:// stacks; give a local path or an http(s)://, s3:// "
+            "or gs:// URL of an OME-Zarr image"
+        )
+    for needed in ("fsspec", package):
+        try:
+            importlib.import_module(needed)
+        except ImportError:
+            raise InputError(
+                f"{url}: reading {scheme}:// stacks needs the package {needed}, which is not "
+                f"installed: pip install {needed}"
+            ) from None
+    from zarr.storage import FsspecStore
+
+    try:
+        store = FsspecStore.from_url(url.rstrip("/"), read_only=True)
+    except Exception as e:  # fsspec's and the backends' errors have no common type
+        raise InputError(f"cannot open {url}: {e}") from e
+    return _open_zarr(url.rstrip("/"), store)
 
 
 def _channel_count(shape: tuple[int, ...], axes: str | None) -> int | None:
