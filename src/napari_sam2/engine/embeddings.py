@@ -397,18 +397,49 @@ def _layout_of(parts, pos) -> dict:
     return {**{n: p.shape for n, p in zip(FRAME_ARRAYS, parts)}, "pos": pos.shape}
 
 
-def _read_records(array) -> np.ndarray:
-    """The per-frame records; one that cannot be read counts as not stored."""
+def _stored_frames(array) -> list[int] | None:
+    """The frames whose record chunk is in the store (one listing of the array's folder), or
+    None where the store cannot be listed."""
+    from zarr.core.sync import sync
+
+    store, prefix = array.store_path.store, array.store_path.path
+
+    async def keys() -> list[str]:
+        return [key async for key in store.list_prefix(prefix)]
+
     try:
-        return np.array(array[:], dtype=np.uint64)
-    except Exception:  # a truncated chunk: read the others one by one
-        records = np.zeros(array.shape, dtype=np.uint64)
-        for t in range(array.shape[0]):
-            try:
-                records[t] = array[t]
-            except Exception:
-                pass
-        return records
+        found = sync(keys())
+        # The key of frame t's chunk is before + str(t) + after, whatever the key encoding.
+        marker = "987654321"
+        before, after = array.metadata.encode_chunk_key((int(marker), 0)).split(marker)
+    except Exception:  # a store that cannot list its keys
+        return None
+    frames = set()
+    for key in found:
+        relative = key[len(prefix) :].lstrip("/")
+        if relative.startswith(before) and relative.endswith(after):
+            number = relative[len(before) : len(relative) - len(after)]
+            if number.isdigit():
+                frames.add(int(number))
+    return sorted(t for t in frames if t < array.shape[0])
+
+
+def _read_records(array) -> np.ndarray:
+    """The per-frame records; one that cannot be read counts as not stored. Only the chunks in
+    the store are read: a stack of 10**6 frames with a few embedded opens in milliseconds."""
+    stored = _stored_frames(array)
+    if stored is None or len(stored) > array.shape[0] // 2:
+        try:
+            return np.array(array[:], dtype=np.uint64)
+        except Exception:  # a truncated chunk: read the frames one by one
+            stored = range(array.shape[0]) if stored is None else stored
+    records = np.zeros(array.shape, dtype=np.uint64)
+    for t in stored:
+        try:
+            records[t] = array[t]
+        except Exception:
+            pass
+    return records
 
 
 def _damaged(path: Path, problem: str) -> EmbeddingsError:
