@@ -20,10 +20,9 @@ from test_cli import FAST, moving_disc, run
 
 import napari_sam2 as ns
 from napari_sam2 import weights
-from napari_sam2.batch import prepare
-from napari_sam2.dask_tasks import ClusterBars, ModelSpec, run_on_cluster
+from napari_sam2.batch.dask_tasks import ClusterBars, ModelSpec, run_on_cluster
+from napari_sam2.batch.plan import SegmentOptions, plan_jobs, prepare
 from napari_sam2.io import InputError
-from napari_sam2.jobs import SegmentOptions, plan_jobs
 
 distributed = pytest.importorskip("distributed", reason="the Dask tests need dask.distributed")
 # (importorskip only guards an import error on a machine set up by hand: CI installs it.)
@@ -90,7 +89,9 @@ def test_cluster_labels_equal_serial_bit_for_bit(client, random_tiny_checkpoint,
     # the stacks differ, so equal outputs are not one result written three times
     assert serial["s0_labels.tif"].shape != serial["s2_labels.tif"].shape
     # both workers' models are cached: a second batch loads nothing (the key is the spec)
-    loaded = client.run(lambda: len(__import__("napari_sam2.dask_tasks").dask_tasks._models))
+    loaded = client.run(
+        lambda: len(__import__("napari_sam2.batch.dask_tasks").batch.dask_tasks._models)
+    )
     assert sum(loaded.values()) >= 1
 
 

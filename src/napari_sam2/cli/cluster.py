@@ -9,11 +9,11 @@ import logging
 import os
 from pathlib import Path
 
-from ..batch import discard_partials, resolve_checkpoint
-from ..dask_tasks import ClusterBars, ModelSpec, run_on_cluster
+from ..batch.dask_tasks import ClusterBars, ModelSpec, run_on_cluster
+from ..batch.plan import CheckedJob, JobResult, SegmentOptions, resolve_checkpoint
+from ..batch.run import discard_partials
 from ..io import InputError
-from ..jobs import CheckedJob, JobResult, SegmentOptions
-from .common import log
+from .common import log, print_summary
 
 
 def check_cluster_options(args: argparse.Namespace) -> None:
@@ -63,7 +63,7 @@ def segment_on_cluster(
     args: argparse.Namespace, checked: list[CheckedJob], options: SegmentOptions
 ):
     """Run the checked jobs on Dask; print each stack's summary as it finishes. Returns (done,
-    failed) as :func:`napari_sam2.batch.run_on_cluster`."""
+    failed) as :func:`napari_sam2.batch.dask_tasks.run_on_cluster`."""
     # (check_cluster_options ran before anything else)
     # the workers only read the weights: find (or fetch) them here, first
     path = resolve_checkpoint(
@@ -80,8 +80,6 @@ def segment_on_cluster(
 
 
 def _run(args, spec: ModelSpec, checked: list[CheckedJob], options: SegmentOptions):
-    from .segment import print_summary
-
     with open_client(args) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         threads = sorted({w["nthreads"] for w in workers.values()})

@@ -1,5 +1,5 @@
 """``napari-sam2 segment``: plan and check every stack, load the model once, track each stack
-into its label file, print a summary per stack (the work itself is :mod:`napari_sam2.jobs`)."""
+into its label file, print a summary per stack (the work itself is :mod:`napari_sam2.batch`)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ import time
 from pathlib import Path
 
 from .. import weights
-from ..batch import FrameBars, prepare, run_here
-from ..io import InputError, make_output_folder, stack_stem
-from ..jobs import (
+from ..batch.plan import (
     CheckedJob,
     JobResult,
     SegmentOptions,
     check_stack,
     check_store_for,
-    embed_stack,
     embeddings_path,
     plan_jobs,
+    prepare,
 )
+from ..batch.run import FrameBars, embed_stack, run_here
+from ..io import InputError, make_output_folder, stack_stem
 from ..model.checkpoint import DeviceError
 from .cluster import check_cluster_options, segment_on_cluster
-from .common import EXIT_FAILED, EXIT_OK, WeightsUnavailable, log
+from .common import EXIT_FAILED, EXIT_OK, WeightsUnavailable, log, print_summary
 
 
 def segment(args: argparse.Namespace) -> int:
@@ -235,24 +235,6 @@ def _load_model(args: argparse.Namespace, device):
         precision=args.precision,
         compile=args.compile,
     )
-
-
-def print_summary(result: JobResult) -> None:
-    tracked, elapsed = result.tracked_frames, result.seconds
-    frames = f"{len(tracked)} frames ({tracked[0]}-{tracked[-1]})" if tracked else "0 frames"
-    print(
-        f"{result.job.stack} -> {result.job.output}: {len(result.obj_ids)} objects, {frames} of "
-        f"{result.num_frames}, {elapsed:.1f} s ({elapsed / max(1, len(tracked)):.2f} s/frame)"
-    )
-    print(f"  {'object':>8} {'voxels':>12} {'frames':>7}")
-    for obj_id in result.obj_ids:
-        n, f = result.counts.get(obj_id, (0, 0))
-        print(f"  {obj_id:>8} {n:>12,} {f:>7}" + ("  (not found)" if n == 0 else ""))
-    if result.dropped:
-        print(
-            f"  not tracked: object(s) {list(result.dropped)} of the label image are too small "
-            "for the model's input size (use a larger --image-size, or click them)"
-        )
 
 
 # ------------------------------------------------------------------------------------- embed

@@ -29,19 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine.labels import label_dtype_for, merge_resolved, resolve_frame
-from .engine.video import frames_in
-from .io import label_counts, open_stack, pieces_folder
-from .jobs import (
-    CheckedJob,
-    JobResult,
-    SegmentOptions,
-    job_output,
-    nothing_to_track,
-    prompt_tracker,
-    segment_everything,
-    tracking,
-)
+from ..engine.labels import label_dtype_for, merge_resolved, resolve_frame
+from ..engine.video import frames_in
+from ..io import label_counts, open_stack, pieces_folder
+from .plan import CheckedJob, JobResult, SegmentOptions
+from .run import job_output, nothing_to_track, prompt_tracker, segment_everything, tracking
 
 
 @dataclass(frozen=True)

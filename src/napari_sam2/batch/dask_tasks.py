@@ -2,9 +2,9 @@
 and gathers their results (:func:`run_on_cluster`, used by :func:`napari_sam2.segment_many`
 and ``napari-sam2 segment --workers/--scheduler``).
 
-One task per stack, running :func:`napari_sam2.jobs.run_job`; with ``objects_per_task``, a
+One task per stack, running :func:`.run.run_job`; with ``objects_per_task``, a
 stack with more objects than that is split into groups of objects, one task each, and merged by
-a last task (:mod:`napari_sam2.object_tasks`). The model is loaded once per worker process and
+a last task (:mod:`.object_tasks`). The model is loaded once per worker process and
 kept there, keyed by its :class:`ModelSpec`; tasks on one worker run one at a time, each with
 as many PyTorch threads as the worker has Dask threads.
 """
@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..engine.frames import FrameSourceError
+from ..io import InputError, discard_partial, stack_stem
 from . import object_tasks
-from .batch import describe, discard_partials
-from .engine.frames import FrameSourceError
-from .io import InputError, discard_partial, stack_stem
-from .jobs import CheckedJob, JobResult, SegmentOptions, run_job
+from .plan import CheckedJob, JobResult, SegmentOptions
+from .run import describe, discard_partials, run_job
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ModelSpec:
     compile: bool = False
 
     def load(self):
-        from .model.checkpoint import load_model
+        from ..model.checkpoint import load_model
 
         if not Path(self.checkpoint).is_file():
             import socket
@@ -303,7 +303,7 @@ class ClusterBars:
     def __init__(self, checked: list[CheckedJob], enabled: bool = True) -> None:
         from tqdm.auto import tqdm
 
-        from .engine.video import frames_in
+        from ..engine.video import frames_in
 
         self.totals = {job.job.stack: frames_in(list(job.passes)) for job in checked}
         self.seen = dict.fromkeys(self.totals, 0)  # frames counted, per stack

@@ -1,10 +1,10 @@
-"""One stack's segmentation as a job: planned and checked completely before the model loads,
-then run. The command line calls these; they print nothing, parse no arguments and need no Qt.
+"""Planning and checks: each stack's segmentation as a job, planned and checked completely
+before the model loads (:mod:`.run` then runs it). They print nothing, parse no arguments and
+need no Qt.
 
     jobs = plan_jobs(stacks, prompts, output, fmt="tif", overwrite=False)
     checked = [check_job(job, options) for job in jobs]     # no model yet: fails fast
-    model = load_model(...)
-    result = run_job(model, checked[0], options, progress)  # tracks and writes the labels
+    checked, failed, skipped = prepare(jobs, options, resume=True)  # all of them, resumable
 
 Prompts are a CSV of clicks and boxes, a label image whose objects all become mask prompts on
 one frame (``SegmentOptions.prompt_frame``), or none: then SAM 2 segments everything on
@@ -16,41 +16,37 @@ holds) the prompts or the spill folder, an existing output without ``overwrite``
 that would be mostly zeros (a short range of a long stack: zarr stores only what is tracked),
 folders that do not exist or cannot be written, prompts outside the stack, a ``start``/``stop``
 outside it or against the direction, a ``channel`` the data do not have, complex data, object
-ids no label dtype holds, and frames that cannot set an intensity window.
+ids no label dtype holds, and frames that cannot set an intensity window. :func:`prepare`
+checks a batch of jobs (and, with ``resume``, what is already done: :func:`resume_state`);
+:func:`resolve_checkpoint` finds (or downloads) the weights before any work starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .engine.frames import FrameSource, FrameSourceError
-from .engine.labels import LabelError, label_dtype_for
-from .engine.preprocess import IntensityWindow, check_frame_layout
-from .engine.video import frames_in, plan_passes
-from .io import (
+from ..engine.frames import FrameSource, FrameSourceError
+from ..engine.labels import LabelError, label_dtype_for
+from ..engine.preprocess import IntensityWindow, check_frame_layout
+from ..engine.video import plan_passes
+from ..io import (
     LABEL_PROMPT_SUFFIXES,
     InputError,
     ObjectPrompt,
-    add_prompts,
     check_output,
     check_writable_folder,
     is_zarr_output,
-    label_counts,
-    label_output,
     open_stack,
     read_label_prompt,
     read_prompts,
     stack_stem,
 )
-from .io.ome import Geometry
+from ..io.ome import Geometry
 
 
 @dataclass(frozen=True)
@@ -312,166 +308,18 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
         stack.close()
 
 
-def run_job(
-    model,
-    checked: CheckedJob,
-    options: SegmentOptions,
-    progress: Callable[[int, int], None] | None = None,
-) -> JobResult:
-    """Track one checked stack into its label file (written under a temporary name, renamed
-    when complete). ``progress(done, total)`` after each frame."""
-    from .engine.labels import track_to_labels
-
-    started = time.perf_counter()
-    job = checked.job
-    with tracking(model, job.stack, options, job.embeddings, checked.window) as (stack, tracker):
-        dropped = prompt_tracker(model, stack, tracker, checked, options)
-        if not tracker.obj_ids:
-            raise nothing_to_track(checked, options)
-        obj_ids = sorted(tracker.obj_ids)
-        total = frames_in(list(checked.passes))
-        lineage = lineage_arguments(model, options)
-        with job_output(checked, options, obj_ids, bool(lineage)) as labels:
-            track_to_labels(
-                tracker,
-                labels,
-                direction=options.direction,
-                start=options.start,
-                stop=options.stop,
-                progress=None if progress is None else lambda done, _: progress(done, total),
-                **lineage,
-            )
-            tracked = checked.tracked_frames
-            if lineage:  # label values are track ids
-                obj_ids = sorted({t.id for t in tracker.lineage} | set(obj_ids))
-            counts = label_counts(labels, obj_ids, tracked)  # the other frames are 0
-            write_lineage_outputs(labels, stack, tracker, checked, options)
-    return JobResult(
-        job,
-        checked.num_frames,
-        obj_ids,
-        tracked,
-        counts,
-        time.perf_counter() - started,
-        tuple(dropped),
-    )
-
-
-def nothing_to_track(checked: CheckedJob, options: SegmentOptions) -> InputError:
-    """The error of a job whose every object the model's input size loses."""
-    return InputError(
-        f"{checked.job.prompts}: every object is too small for the model's input size "
-        f"({options.image_size}); use a larger --image-size"
-    )
-
-
-def lineage_arguments(model, options: SegmentOptions) -> dict:
-    """``track_to_labels``' new-objects and divisions arguments of the options (none: {})."""
-    if options.new_objects is None and not options.divisions:
-        return {}
-    from .engine.automatic import AutomaticMaskGenerator
-    from .engine.lineage import LineageOptions
-
-    finder = AutomaticMaskGenerator(model, channel=options.channel, **options.auto)
-    return {
-        "new_objects": options.new_objects,
-        "divisions": options.divisions,
-        "lineage_options": LineageOptions(finder=finder),
-    }
-
-
-def write_lineage_outputs(labels, stack, tracker, checked: CheckedJob, options) -> None:
-    """The CTC folder (``--format ctc``: the job's output) and the tracks file, from the
-    finished labels and the tracker's lineage."""
-    from .io.tracks import parents_of, write_ctc, write_tracks
-
-    parents = parents_of(tracker.lineage)
-    if checked.job.ctc:
-        write_ctc(labels, checked.job.output, parents, overwrite=options.overwrite)
-    if options.tracks is not None:
-        write_tracks(labels, options.tracks, stack.frames, parents, options.channel, True)
-
-
-def job_output(checked: CheckedJob, options: SegmentOptions, obj_ids, lineage: bool = False):
-    """The job's label volume (a context: :func:`~napari_sam2.io.label_output`), of the dtype
-    that ``obj_ids`` need (new ids to come with a ``lineage``), with the stack's geometry; in
-    memory for a CTC output (written as CTC files at the end)."""
-    most = max(obj_ids) + (60000 if lineage else 0)
-    if checked.job.ctc:
-        from .engine.labels import new_labels
-
-        return contextlib.nullcontext(new_labels(checked.label_shape, label_dtype_for(most)))
-    return label_output(
-        checked.job.output,
-        checked.label_shape,
-        label_dtype_for(most),
-        overwrite=options.overwrite,
-        geometry=checked.geometry,
-        source=label_source(checked),
-        fixed=dict(checked.fixed_axes),
-    )
-
-
-def label_source(checked: CheckedJob) -> str:
-    """Where a job's objects come from, as its OME-Zarr labels' ``properties`` say."""
-    if checked.automatic:
-        return f"napari-sam2 segment everything on frame {checked.prompt_frame}"
-    return f"napari-sam2 prompts {checked.job.prompts.name}"
-
-
-def prompt_tracker(
-    model, stack, tracker, checked: CheckedJob, options: SegmentOptions, obj_ids=None
-):
-    """Give the job's prompts to ``tracker`` (only those of ``obj_ids`` when given): its clicks
-    and boxes, its label image, or what SAM 2 finds on its frame. Returns the ids of a label
-    image too small for the model's input."""
-    if checked.prompts:
-        prompts = checked.prompts
-        if obj_ids is not None:
-            prompts = tuple(p for p in prompts if p.obj_id in set(obj_ids))
-        add_prompts(tracker, prompts, checked.job.prompts)
-        return ()
-    labels = checked.label_prompt
-    if labels is None:
-        labels = segment_everything(model, stack, checked, options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the dropped ids are in the result instead
-        return tuple(tracker.add_labels(checked.prompt_frame, labels, obj_ids=obj_ids).dropped)
-
-
-def segment_everything(model, stack, checked: CheckedJob, options: SegmentOptions) -> np.ndarray:
-    """The label image of everything SAM 2 finds on the job's ``prompt_frame`` (ids 1..N by
-    decreasing predicted IoU), seen with the stack's channel and intensity window. A frame
-    larger than 1.5 times the model's input is segmented in native-resolution windows
-    (``tiles="auto"``, docs/big-images.md)."""
-    from .engine.automatic import AutomaticMaskGenerator, masks_to_labels
-
-    auto = {"tiles": "auto", **options.auto}
-    generator = AutomaticMaskGenerator(model, channel=options.channel, **auto)
-    frame = np.asarray(stack.frames[checked.prompt_frame])
-    records = generator.generate(frame, window=checked.window)
-    if not records:
-        raise InputError(
-            f"{checked.job.stack}: automatic segmentation found no object on frame "
-            f"{checked.prompt_frame}; lower --pred-iou-thresh / --stability-score-thresh, or "
-            "give prompts"
-        )
-    dtype = label_dtype_for(len(records))
-    return masks_to_labels(records, checked.label_shape[1:], dtype=dtype)
-
-
 def check_store_for(path: Path, source, options: SegmentOptions) -> None:
     """What of an existing embeddings store can be checked before the model loads: that it is
     one, whole (its arrays there, of this model's shapes), made for this stack (pixels, channel,
     window) and for this model name and input size (the weights are checked once the model is
     loaded)."""
-    from .engine.embeddings import (
+    from ..engine.embeddings import (
         EmbeddingsError,
         EmbeddingStore,
         data_signature,
         embedding_layout,
     )
-    from .model import CONFIGS
+    from ..model import CONFIGS
 
     expected = data_signature(source)
     layout = None
@@ -488,38 +336,6 @@ def check_store_for(path: Path, source, options: SegmentOptions) -> None:
         raise InputError(str(e)) from None
 
 
-def embed_stack(model, stack_path: Path, store: Path, options: SegmentOptions, progress=None):
-    """Compute every frame's embedding of a stack into ``store`` (frames already there are
-    skipped); returns (frames encoded, frames in the stack)."""
-    with tracking(model, stack_path, options, store) as (stack, tracker):
-        return tracker.precompute(progress=progress), stack.num_frames
-
-
-@contextlib.contextmanager
-def tracking(model, stack_path: Path, options: SegmentOptions, embeddings=None, window=None):
-    """(stack, tracker) of a stack on disk, both closed (files, threads, temporary stores)
-    however the block ends."""
-    from .engine.video import VideoTracker
-
-    stack = open_stack(stack_path, axis=options.axis, index=options.index)
-    tracker = None
-    try:
-        tracker = VideoTracker(
-            model,
-            stack.frames,
-            channel=options.channel,
-            window=window,
-            spill_dir=options.spill_dir,
-            embeddings=embeddings,
-            embeddings_dtype=options.embeddings_dtype,
-        )
-        yield stack, tracker
-    finally:
-        if tracker is not None:
-            tracker.close()
-        stack.close()
-
-
 def check_stack(path: Path, options: SegmentOptions):
     """Open a stack and check its frames against the options (shape, dtype, channel, intensity
     window) without the model; returns its :class:`~.engine.frames.FrameSource`."""
@@ -532,6 +348,90 @@ def check_stack(path: Path, options: SegmentOptions):
             raise InputError(f"{path}: {e}") from None
     finally:
         stack.close()
+
+
+def resolve_checkpoint(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    progress: bool = True,
+) -> str:
+    """The checkpoint file of model ``name``: ``checkpoint`` if given, else the cached download
+    (fetched now if ``allow_download``, else :class:`~napari_sam2.weights.WeightsError`)."""
+    from .. import weights
+
+    weights.get_weights(name)  # an unknown name fails first
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise weights.WeightsError(f"checkpoint file not found: {checkpoint}")
+        return str(Path(checkpoint).resolve())
+    path = weights.cached_path(name, cache_dir)
+    if not path.is_file():
+        if not allow_download:
+            raise weights.WeightsError(
+                f"the weights of {name} are not in the cache ({path}); run `napari-sam2 "
+                "download`, pass a checkpoint, or allow the download"
+            )
+        path = weights.fetch(name, cache_dir=cache_dir, progress=progress)
+    return str(Path(path).resolve())
+
+
+# ----------------------------------------------------------------------------------- planning
+def prepare(
+    jobs: Iterable[SegmentJob],
+    options: SegmentOptions,
+    *,
+    resume: bool = False,
+    strict: bool = True,
+) -> tuple[list[CheckedJob], dict[Path, str], list[Path]]:
+    """Check every job before any work: (checked jobs, {stack: why it cannot run}, stacks
+    skipped because their complete output exists (with ``resume``; an existing output that
+    napari-sam2 did not write is refused, :func:`resume_state`)).
+
+    ``strict``: any job that fails its checks raises one :class:`InputError` naming them all
+    (nothing runs); else they are returned as failures and the others go on."""
+    checked, failed, skipped = [], {}, []
+    for job in jobs:
+        try:
+            if resume:
+                state = resume_state(job, options)
+                if state == "complete":
+                    skipped.append(job.stack)
+                    continue
+            checked.append(check_job(job, options))
+        except InputError as e:
+            failed[job.stack] = str(e)
+    if strict and failed:
+        if len(failed) == 1:
+            raise InputError(next(iter(failed.values())))
+        lines = "\n".join(f"  {stack}: {message}" for stack, message in failed.items())
+        raise InputError(f"{len(failed)} stacks cannot be segmented; nothing was run:\n{lines}")
+    return checked, failed, skipped
+
+
+def resume_state(job: SegmentJob, options: SegmentOptions) -> str:
+    """What ``resume`` finds at ``job``'s output: "missing", "complete" (skip it) or
+    "incomplete" (redo it): see :func:`~napari_sam2.io.output_state`. An output that nothing
+    proves napari-sam2 wrote is never replaced by a resume: :class:`InputError`."""
+    from ..io import output_state
+
+    if not job.output.exists():
+        return "missing"
+    stack = open_stack(job.stack, axis=options.axis, index=options.index)
+    try:
+        expected = stack.label_shape
+    finally:
+        stack.close()
+    state = output_state(job.output, expected)
+    if state == "foreign":
+        raise InputError(
+            f"output {job.output} exists and was not written by napari-sam2 (or cannot be "
+            "read), so --resume (resume=True) will not replace it: move it away, choose "
+            "another output, or pass --overwrite (overwrite=True) to replace it"
+        )
+    return state
 
 
 # A TIFF output holds every frame of the stack; past this many bytes of frames that no pass
