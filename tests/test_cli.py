@@ -160,7 +160,7 @@ def test_bad_csv_row_names_the_line(files, tmp_path, capsys):
     csv.write_text("frame,obj_id,row,col,label\n0,1,20,15,1\n\n0,1,20,15,maybe\n")
     code, _, stderr = run(["segment", tif, "-p", csv, "-o", tmp_path / "o.tif"], capsys)
     assert code == 2
-    assert "bad.csv, line 4: label must be 1 / 0 or positive / negative, got 'maybe'" in stderr
+    assert "bad.csv, line 4: label must be 1 / 0 exactly" in stderr and "got 'maybe'" in stderr
     assert "Traceback" not in stderr
     csv.write_text("frame,obj_id,row,col,label\n0,1,20,15,1\n9,1,20,15,1\n")  # 4 frames only
     code, _, stderr = run(["segment", tif, "-p", csv, "-o", tmp_path / "o.tif"], capsys)

@@ -134,7 +134,7 @@ def job_output(checked: CheckedJob, options: SegmentOptions, obj_ids, lineage: b
 
 def label_source(checked: CheckedJob) -> str:
     """Where a job's objects come from, as its OME-Zarr labels' ``properties`` say."""
-    if checked.automatic:
+    if checked.automatic or checked.job.prompts is None:  # (None: found by a first task)
         return f"napari-sam2 segment everything on frame {checked.prompt_frame}"
     return f"napari-sam2 prompts {checked.job.prompts.name}"
 
