@@ -324,11 +324,12 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         checkpoint = None if checkpoint in (None, "") or Path(checkpoint).is_dir() else checkpoint
         key = (*self.model_settings().values(), str(checkpoint), self.device.value)
         self.feedback.say(f"Loading {self.model_name.value}…")
-        self.run(
-            self._load_model,
-            key,
-            checkpoint,
-            returned=lambda model: self._begin(image, geometry, model, key),
+        frames, store = geometry.frames(_full_resolution(image)), self._store_choice()
+        self.run(  # the tracker too: it reads slices for the intensity window
+            lambda: self._open_session(self._load_model(key, checkpoint), frames, store),
+            returned=lambda session: self._begin(
+                image, geometry, session.tracker.model, key, session
+            ),
         )
 
     def model_settings(self) -> dict:
@@ -383,23 +384,26 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         fixed = {a: int(np.clip(position[a], 0, shape[a] - 1)) for a in range(lead) if a != axis}
         return StackGeometry(shape, bool(image.rgb), axis, fixed)
 
-    def _begin(self, image: Image, geometry: StackGeometry, model, key) -> None:
-        self.end_session(None)
+    def _store_choice(self) -> str | None:
         store = self.embeddings.value
-        store = None if store in (None, "") or str(store) in ("", ".") else str(store)
+        return None if store in (None, "") or str(store) in ("", ".") else str(store)
+
+    @staticmethod
+    def _open_session(model, frames, store) -> PromptSession:
+        return PromptSession(model, frames, feature_cache=EMBEDDING_CACHE, embeddings=store)
+
+    def _begin(self, image: Image, geometry: StackGeometry, model, key, session=None) -> None:
+        self.end_session(None)
         resume = None if self.new_labels.value else self._sam2_layers(image, geometry)
         try:
-            session = PromptSession(
-                model,
-                geometry.frames(_full_resolution(image)),
-                feature_cache=EMBEDDING_CACHE,
-                embeddings=store,
-            )
+            if session is None:
+                frames = geometry.frames(_full_resolution(image))
+                session = self._open_session(model, frames, self._store_choice())
             if not (resume and "labels" in resume):
                 self.labels_data = labels_data.allocate(geometry)
         except EXPECTED_ERRORS as e:  # a store made for another image; no memory for labels
             self.feedback.error(e)
-            return
+            return session.close() if session is not None else None
         self.session, self.image_layer, self.geometry = session, image, geometry
         common = {
             "scale": image.scale[: geometry.ndim_spatial],
