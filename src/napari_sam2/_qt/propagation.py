@@ -36,7 +36,8 @@ class PropagationMixin:
         # A run that follows a lineage runs every object (the lineage is derived from all).
         following = bool(any(lineage.get(k) for k in ("divisions", "new_objects", "lineage_edits")))
         following = following or self.session.tracker._lineage is not None
-        call = (direction, start, stop, lineage.get("divisions"), lineage.get("new_objects"))
+        edits = tuple(lineage.get("lineage_edits") or ())  # a new correction: run again
+        call = (direction, start, stop, lineage.get("divisions"), lineage.get("new_objects"), edits)
         session = self.session
         with session.lock:
             every = list(session.obj_ids)
