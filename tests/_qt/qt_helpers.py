@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import time
 
+import numpy as np
+
 TIMEOUT = 60_000
 
 
@@ -97,3 +99,23 @@ class StallMeter:
     def worst(self) -> dict[str, float]:
         """The longest stall of each step (ms)."""
         return {name: max(s, default=0.0) for name, s in self.stalls.items()}
+
+
+def moving_and_still_cell(t=6, h=40, w=56):
+    """A bright disc moving down and right past a dimmer one that stays (uint16)."""
+    rr, cc = np.mgrid[:h, :w]
+    data = np.full((t, h, w), 300, np.uint16)
+    for i in range(t):
+        data[i][(rr - 15 - i) ** 2 + (cc - 20 - i) ** 2 < 8**2] = 3000
+        data[i][(rr - 30) ** 2 + (cc - 44) ** 2 < 6**2] = 2500
+    return data
+
+
+def two_moving_cells(t=5, h=40, w=56):
+    """Two discs of one brightness, one moving down, one moving left (uint16)."""
+    rr, cc = np.mgrid[:h, :w]
+    data = np.full((t, h, w), 300, np.uint16)
+    for i in range(t):
+        data[i][(rr - 14 - i) ** 2 + (cc - 16) ** 2 < 7**2] = 3000
+        data[i][(rr - 28) ** 2 + (cc - 42 + i) ** 2 < 6**2] = 3000
+    return data

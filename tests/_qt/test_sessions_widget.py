@@ -9,20 +9,15 @@ import shutil
 
 import numpy as np
 import pytest
-from qt_helpers import click, wait
+from qt_helpers import click, moving_and_still_cell, wait
 
 from napari_sam2._qt.widget import SAM2Widget
 
 pytestmark = pytest.mark.display
 
 
-def stack(t=5, h=40, w=56):
-    rr, cc = np.mgrid[:h, :w]
-    data = np.full((t, h, w), 300, np.uint16)
-    for i in range(t):
-        data[i][(rr - 15 - i) ** 2 + (cc - 20 - i) ** 2 < 8**2] = 3000
-        data[i][(rr - 30) ** 2 + (cc - 44) ** 2 < 6**2] = 2500
-    return data
+def stack(t=5):
+    return moving_and_still_cell(t)
 
 
 def widget_on(viewer, checkpoint, folder, data=None):

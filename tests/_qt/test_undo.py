@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qt_helpers import click, started, wait
+from qt_helpers import click, started, two_moving_cells, wait
 
 from napari_sam2.engine.labels import compose_labels
 
 pytestmark = pytest.mark.display
 
 
-def stack(t=5, h=40, w=56):
-    rr, cc = np.mgrid[:h, :w]
-    data = np.full((t, h, w), 300, np.uint16)
-    for i in range(t):
-        data[i][(rr - 14 - i) ** 2 + (cc - 16) ** 2 < 7**2] = 3000
-        data[i][(rr - 28) ** 2 + (cc - 42 + i) ** 2 < 6**2] = 3000
-    return data
+stack = two_moving_cells
 
 
 @pytest.fixture

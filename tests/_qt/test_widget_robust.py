@@ -8,7 +8,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from qt_helpers import click, on_each_slice, started, wait
+from qt_helpers import click, moving_and_still_cell, on_each_slice, started, wait
 
 from napari_sam2._qt import labels_data
 from napari_sam2._qt.widget import SAM2Widget
@@ -16,13 +16,7 @@ from napari_sam2._qt.widget import SAM2Widget
 pytestmark = pytest.mark.display
 
 
-def stack(t=6, h=40, w=56):
-    rr, cc = np.mgrid[:h, :w]
-    data = np.full((t, h, w), 300, np.uint16)
-    for i in range(t):
-        data[i][(rr - 15 - i) ** 2 + (cc - 20 - i) ** 2 < 8**2] = 3000
-        data[i][(rr - 30) ** 2 + (cc - 44) ** 2 < 6**2] = 2500
-    return data
+stack = moving_and_still_cell
 
 
 @pytest.fixture
