@@ -45,3 +45,15 @@ def tracker_state(tracker) -> tuple:
 @pytest.fixture
 def disc_stack():
     return moving_disc()
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A 4-frame uint16 TIFF and a prompts CSV for it (the command-line tests)."""
+    import tifffile
+
+    tifffile.imwrite(
+        tmp_path / "s.tif", moving_disc(4, dtype=np.uint16, value=3000), photometric="minisblack"
+    )
+    (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,15,20,1\n")
+    return tmp_path / "s.tif", tmp_path / "p.csv"

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from cli_helpers import FAST, NO_MODEL, refuses, run
 from conftest import moving_disc, snapshot
 
 from napari_sam2 import weights
@@ -26,34 +27,6 @@ from napari_sam2.cli import main
 refused = pytest.mark.refused
 handled = pytest.mark.handled
 pytestmark = pytest.mark.usefixtures("cli_env")
-FAST = ["--image-size", "128", "--device", "cpu", "--quiet"]
-NO_MODEL = ["--checkpoint", "does-not-exist.pt"]  # reached only if every input check passed
-
-
-@pytest.fixture
-def data(tmp_path):
-    """A 4-frame uint16 TIFF and a prompts CSV for it."""
-    tifffile.imwrite(
-        tmp_path / "s.tif", moving_disc(4, dtype=np.uint16, value=3000), photometric="minisblack"
-    )
-    (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,15,20,1\n")
-    return tmp_path / "s.tif", tmp_path / "p.csv"
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def refuses(argv, capsys, root: Path, match: str, code: int = 2) -> str:
-    """Run ``argv``; assert the exit code, the message, and that no file changed."""
-    before = snapshot(root)
-    got, err = run(argv, capsys)
-    assert got == code, err
-    assert match in err, err
-    assert "Traceback" not in err
-    assert snapshot(root) == before
-    return err
 
 
 # ------------------------------------------------------------------------------ data loss

@@ -9,15 +9,12 @@ import os
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import FAST, NO_MODEL, run
 from conftest import moving_disc, snapshot
-
-from napari_sam2.cli import main
 
 refused = pytest.mark.refused
 handled = pytest.mark.handled
 pytestmark = pytest.mark.usefixtures("cli_env")
-FAST = ["--image-size", "128", "--device", "cpu", "--quiet"]
-NO_MODEL = ["--checkpoint", "does-not-exist.pt"]
 
 
 @pytest.fixture
@@ -25,11 +22,6 @@ def data(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", moving_disc(4), photometric="minisblack")
     (tmp_path / "p.csv").write_text("frame,obj_id,row,col\n0,1,15,20\n")
     return tmp_path / "s.tif", tmp_path / "p.csv"
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 @refused

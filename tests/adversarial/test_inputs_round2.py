@@ -281,7 +281,7 @@ def ome_zarr_image(path, axes=("z", "y", "x"), scale=(1.0, 0.5, 0.5), units=None
     ],
 )
 def test_ome_zarr_metadata_no_output_could_carry(tmp_path, capsys, metadata, match):
-    from test_cli_inputs import NO_MODEL, refuses
+    from cli_helpers import NO_MODEL, refuses
 
     image = ome_zarr_image(tmp_path / "cells.ome.zarr", **metadata)
     (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,15,20,1\n")
@@ -295,7 +295,7 @@ def test_ome_zarr_metadata_no_output_could_carry(tmp_path, capsys, metadata, mat
 @pytest.mark.usefixtures("cli_env")
 @handled
 def test_ome_zarr_unit_pixel_is_dropped_with_a_warning(random_tiny_checkpoint, tmp_path, capsys):
-    from test_cli_inputs import run
+    from cli_helpers import run
 
     image = ome_zarr_image(tmp_path / "cells.ome.zarr", units=("pixel", "micrometer", "um"))
     with pytest.warns(UserWarning, match=r"axis 'z' has the unit 'pixel', which is not an NGFF"):
