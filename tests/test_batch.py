@@ -387,6 +387,31 @@ def test_frame_progress_arrives_from_the_workers(client, random_tiny_checkpoint,
     bars.close()
 
 
+def test_workers_read_a_remote_stack_by_url(client, random_tiny_checkpoint, tmp_path):
+    """A URL stack on the cluster: the workers open it over HTTP themselves; its frame
+    progress and its result come back under the URL as given (never folded into a Path)."""
+    from local_server import LocalServer
+    from test_remote_stacks import serve, write_ome_zarr
+
+    local = write_ome_zarr(tmp_path / "served" / "r.ome.zarr", moving_disc(5))
+    (tmp_path / "r.csv").write_text(CLICK)
+    options = SegmentOptions(image_size=128)
+    spec = ModelSpec("sam2.1_hiera_tiny", str(random_tiny_checkpoint), 128, "cpu")
+    with LocalServer() as server:
+        url = serve(server, local)
+        jobs = plan_jobs([url], tmp_path / "r.csv", tmp_path / "out", to_folder=True)
+        checked, _, _ = prepare(jobs, options)
+        (tmp_path / "out").mkdir()
+        events = []
+        done, failed = run_on_cluster(
+            client, spec, checked, options, on_frames=lambda *e: events.append(e)
+        )
+    assert not failed and list(done) == [url]
+    assert events and {stack for stack, _, _ in events} == {url}
+    labels = tifffile.imread(tmp_path / "out" / "r_labels.tif")
+    assert labels.shape == (5, 48, 64) and labels[0].max() == 1
+
+
 # ------------------------------------------------------------------- objects split over tasks
 def discs_with_labels(folder: Path, frames: int = 4) -> tuple[Path, Path]:
     """A stack of five drifting discs, close enough for their masks to overlap, and the

@@ -52,6 +52,37 @@ def test_an_output_is_never_the_embeddings_store_or_spill_folder(
 
 
 @refused
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (["-o", "https://host/out.tif"], "output https://host/out.tif is a URL"),
+        (["-o", "s3://bucket/out/"], "output s3://bucket/out/ is a URL"),
+        (["-o", "http://host/img.ome.zarr/labels/sam2"], "output http://host/img.ome.zarr"),
+        (["-o", "o.tif", "--embeddings", "s3://b/e.zarr"], "embeddings s3://b/e.zarr is a URL"),
+        (["-o", "o.tif", "--spill-dir", "https://h/sp"], "--spill-dir https://h/sp is a URL"),
+    ],
+    ids=["tiff", "folder", "image-labels", "embeddings", "spill-dir"],
+)
+def test_a_url_to_write_to_is_refused_before_anything(data, tmp_path, capsys, options, match):
+    """Stacks may be URLs (read-only); what is written is local: a URL output, store or spill
+    folder is exit 2, naming it, before the model loads, and nothing appears (a URL taken for
+    a path would make a folder ``https:`` here)."""
+    tif, csv = data
+    err = refuses(["segment", tif, "-p", csv, *options, *NO_MODEL, *FAST], capsys, tmp_path, match)
+    assert "writes outputs and reads prompts and embeddings only as local files" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "s.tif"]
+
+
+@refused
+def test_prompts_at_a_url_are_refused_as_prompts_not_as_a_missing_file(data, tmp_path, capsys):
+    tif, _ = data
+    argv = ["segment", tif, "-p", "https://host/p.csv", "-o", "o.tif", *NO_MODEL, *FAST]
+    refuses(argv, capsys, tmp_path, "prompts file https://host/p.csv is a URL")
+    argv = ["embed", tif, "-o", "s3://bucket/e.zarr", *NO_MODEL, *FAST]
+    refuses(argv, capsys, tmp_path, "embeddings s3://bucket/e.zarr is a URL")
+
+
+@refused
 def test_a_real_embeddings_store_is_never_replaced_by_the_labels(
     data, tmp_path, capsys, random_tiny_checkpoint
 ):

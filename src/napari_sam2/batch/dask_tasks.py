@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..engine.frames import FrameSourceError
-from ..io import InputError, discard_partial, stack_stem
+from ..io import InputError, discard_partial, stack_location, stack_stem
 from . import object_tasks
 from .plan import CheckedJob, JobResult, SegmentOptions
 from .run import describe, discard_partials, run_job
@@ -167,7 +167,7 @@ class _FramesHandler:
         stack, parts = message["stack"], int(message.get("parts", 1))
         self.parts[stack, int(message.get("part", 0))] = int(message["done"])
         done = sum(self.parts.get((stack, k), 0) for k in range(parts)) // parts
-        self.on_frames(Path(stack), done, int(message["total"]))
+        self.on_frames(stack_location(stack), done, int(message["total"]))
 
 
 @dataclass(frozen=True)

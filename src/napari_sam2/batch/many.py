@@ -164,10 +164,10 @@ def _jobs(stacks, prompts, out_dir, fmt, options: SegmentOptions) -> list[Segmen
         raise TypeError("give stack paths or SegmentJob objects, not a mix")
     if out_dir is None:
         raise InputError("give out_dir: the folder the label files are written to")
-    return plan_jobs(
-        [Path(s) for s in stacks],
-        None if prompts is None else Path(prompts),
-        Path(out_dir),
+    return plan_jobs(  # a URL stays one (a remote stack; an output URL is refused)
+        [os.fspath(s) for s in stacks],
+        prompts,
+        out_dir,
         fmt=fmt,
         overwrite=options.overwrite,
         to_folder=True,

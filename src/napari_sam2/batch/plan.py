@@ -40,10 +40,13 @@ from ..io import (
     ObjectPrompt,
     check_output,
     check_writable_folder,
+    is_url,
     is_zarr_output,
+    local_path,
     open_stack,
     read_label_prompt,
     read_prompts,
+    stack_location,
     stack_stem,
 )
 from ..io.ome import Geometry
@@ -78,10 +81,10 @@ class SegmentOptions:
 
 @dataclass(frozen=True)
 class SegmentJob:
-    """One stack, its prompts (a CSV file, a label image, or None: segment everything), and
-    the label file it becomes."""
+    """One stack (a local path, or the URL of a remote OME-Zarr image: a str), its prompts (a
+    CSV file, a label image, or None: segment everything), and the label file it becomes."""
 
-    stack: Path
+    stack: Path | str
     prompts: Path | None
     output: Path
     embeddings: Path | None = None  # a store kept on disk (else a temporary one)
@@ -153,14 +156,14 @@ class JobResult:
 
 
 def plan_jobs(
-    stacks: list[Path],
-    prompts: Path | None,
-    output: Path,
+    stacks: list[str | os.PathLike],
+    prompts: str | os.PathLike | None,
+    output: str | os.PathLike,
     *,
     fmt: str = "tif",
     overwrite: bool = False,
     to_folder: bool | None = None,
-    embeddings: Path | None = None,
+    embeddings: str | os.PathLike | None = None,
     spill_dir: str | os.PathLike | None = None,
 ) -> list[SegmentJob]:
     """Pair each stack with its prompts file and output path, and check the paths.
@@ -174,9 +177,21 @@ def plan_jobs(
     name>.embeddings.zarr`` for several (made if missing, reused if there). Nothing is created.
 
     No output is, holds or lies inside anything the run reads or keeps: a stack, an
-    embeddings store; nor is or holds the prompts (file or folder) or ``spill_dir``."""
+    embeddings store; nor is or holds the prompts (file or folder) or ``spill_dir``.
+
+    A stack may be the URL of a remote OME-Zarr image (``https://``, ``s3://``: read-only,
+    opened and checked by :func:`check_job`); the output, the prompts, the embeddings and
+    ``spill_dir`` are local paths (a URL is refused)."""
+    output = local_path(output, "output")
+    if prompts is not None:
+        prompts = local_path(prompts, "prompts file")
+    if embeddings is not None:
+        embeddings = local_path(embeddings, "embeddings")
+    if spill_dir is not None:
+        local_path(spill_dir, "--spill-dir")
+    stacks = [stack_location(s) for s in stacks]
     for s in stacks:
-        if not s.exists():
+        if not is_url(s) and not s.exists():
             raise InputError(f"stack not found: {s}")
     if prompts is not None and not prompts.exists():
         raise InputError(f"prompts file not found: {prompts}")
@@ -214,16 +229,20 @@ def plan_jobs(
     return jobs
 
 
-def embeddings_path(embeddings: Path | None, stack: Path, several: bool) -> Path | None:
+def embeddings_path(
+    embeddings: str | os.PathLike | None, stack: Path | str, several: bool
+) -> Path | None:
     """The store of ``stack``: ``embeddings`` itself for one stack, ``<stack
-    name>.embeddings.zarr`` in the folder ``embeddings`` for several. Checked to be neither the
-    stack nor around or inside it."""
+    name>.embeddings.zarr`` in the folder ``embeddings`` for several. Checked to be a local path
+    (not a URL), neither the stack nor around or inside it (a remote stack is neither)."""
     if embeddings is None:
         return None
+    embeddings = local_path(embeddings, "embeddings")
     store = embeddings / f"{stack_stem(stack)}.embeddings.zarr" if several else embeddings
-    target, src = store.resolve(), stack.resolve()
-    if target == src or target in src.parents or src in target.parents:
-        raise InputError(f"embeddings {store} would be the stack {stack}, or around or in it")
+    if not is_url(stack):
+        target, src = store.resolve(), Path(stack).resolve()
+        if target == src or target in src.parents or src in target.parents:
+            raise InputError(f"embeddings {store} would be the stack {stack}, or around or in it")
     if store.exists() and not store.is_dir():
         raise InputError(f"embeddings {store} is a file, not an embeddings store (a folder)")
     if not store.exists():  # an existing store may be read-only: it is then only read
@@ -336,7 +355,7 @@ def check_store_for(path: Path, source, options: SegmentOptions) -> None:
         raise InputError(str(e)) from None
 
 
-def check_stack(path: Path, options: SegmentOptions):
+def check_stack(path: Path | str, options: SegmentOptions):
     """Open a stack and check its frames against the options (shape, dtype, channel, intensity
     window) without the model; returns its :class:`~.engine.frames.FrameSource`."""
     stack = open_stack(path, axis=options.axis, index=options.index)

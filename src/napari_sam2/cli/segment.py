@@ -21,7 +21,7 @@ from ..batch.plan import (
     prepare,
 )
 from ..batch.run import FrameBars, embed_stack, run_here
-from ..io import InputError, make_output_folder, stack_stem
+from ..io import InputError, is_url, make_output_folder, stack_stem
 from ..model.checkpoint import DeviceError
 from .cluster import check_cluster_options, segment_on_cluster
 from .common import EXIT_FAILED, EXIT_OK, WeightsUnavailable, log, print_summary
@@ -68,14 +68,14 @@ def segment(args: argparse.Namespace) -> int:
     to_folder = True if str(args.output).endswith(("/", os.sep)) else None
     if args.format == "ctc" and len(_expand(args.stacks)) == 1:
         to_folder = False  # OUT is the stack's CTC folder
-    jobs = plan_jobs(
+    jobs = plan_jobs(  # paths as given: a URL stack stays one, a URL output is refused
         _expand(args.stacks),
-        None if args.prompts is None else Path(args.prompts),
-        Path(args.output),
+        args.prompts,
+        args.output,
         fmt=args.format,
         overwrite=args.overwrite or args.resume,
         to_folder=to_folder,
-        embeddings=None if args.embeddings is None else Path(args.embeddings),
+        embeddings=args.embeddings,
         spill_dir=args.spill_dir,
     )
     on_cluster = args.workers is not None or args.scheduler is not None
@@ -184,11 +184,14 @@ def _check_lineage_options(args: argparse.Namespace) -> None:
         check_tracks_output(args.tracks, overwrite=args.overwrite)
 
 
-def _expand(patterns: list[str]) -> list[Path]:
-    """Stack paths, with glob patterns expanded here for shells that do not."""
+def _expand(patterns: list[str]) -> list[Path | str]:
+    """Stack paths, with glob patterns expanded here for shells that do not; URLs (remote
+    OME-Zarr images) as they are."""
     paths = []
     for pattern in patterns:
-        if not os.path.exists(pattern) and any(c in pattern for c in "*?["):
+        if is_url(pattern):  # never a glob: "?" starts its query
+            paths.append(pattern)
+        elif not os.path.exists(pattern) and any(c in pattern for c in "*?["):
             matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 raise InputError(f"no file matches {pattern!r}")
@@ -254,10 +257,10 @@ def embed(args: argparse.Namespace) -> int:
     )
     stacks = _expand(args.stacks)
     for stack in stacks:
-        if not stack.exists():
+        if not is_url(stack) and not stack.exists():
             raise InputError(f"stack not found: {stack}")
     several = len(stacks) > 1
-    stores = [embeddings_path(Path(args.output), stack, several) for stack in stacks]
+    stores = [embeddings_path(args.output, stack, several) for stack in stacks]
     for stack, store in zip(stacks, stores):  # everything, before the model loads
         source = check_stack(stack, options)
         if store.exists():

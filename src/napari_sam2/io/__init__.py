@@ -30,13 +30,22 @@ from .outputs import (
     label_counts,
     label_dtype,
     label_output,
+    local_path,
     make_output_folder,
     output_shape,
     output_state,
     pieces_folder,
 )
 from .prompts_csv import ObjectPrompt, add_prompts, check_prompts, read_prompts, write_prompts
-from .stacks import STACK_SUFFIXES, TIFF_SUFFIXES, Stack, open_stack, stack_stem
+from .stacks import (
+    STACK_SUFFIXES,
+    TIFF_SUFFIXES,
+    Stack,
+    is_url,
+    open_stack,
+    stack_location,
+    stack_stem,
+)
 
 __all__ = [
     "LABEL_PROMPT_SUFFIXES",
@@ -54,7 +63,9 @@ __all__ = [
     "label_counts",
     "label_dtype",
     "is_zarr_output",
+    "is_url",
     "label_output",
+    "local_path",
     "make_output_folder",
     "open_stack",
     "output_shape",
@@ -62,6 +73,7 @@ __all__ = [
     "pieces_folder",
     "read_label_prompt",
     "read_prompts",
+    "stack_location",
     "stack_stem",
     "write_prompts",
 ]

@@ -32,6 +32,19 @@ def label_dtype(max_id: int) -> np.dtype:
     return label_dtype_for(max_id)
 
 
+def local_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a local :class:`Path`; a URL is refused with :class:`InputError` (stacks are
+    read from URLs, read-only; everything napari-sam2 writes, and the prompts it reads, are
+    local files). ``what`` names it in the message ("output", "prompts file", ...)."""
+    if is_url(path):
+        raise InputError(
+            f"{what} {path} is a URL: napari-sam2 reads stacks (OME-Zarr) from URLs, read-only, "
+            "but writes outputs and reads prompts and embeddings only as local files; give a "
+            "local path"
+        )
+    return Path(path)
+
+
 def check_output(
     path: str | os.PathLike,
     inputs=(),
@@ -51,8 +64,9 @@ def check_output(
     that is or holds one of ``read_only`` (files such as a prompts CSV, whose folder may hold
     outputs; a remote input, a URL, is none of these); an existing output without
     ``overwrite``; a folder that does not exist (unless ``folder_exists`` is False: it will be
-    made) or cannot be written. Nothing is created or changed."""
-    path = Path(path)
+    made) or cannot be written; a URL (outputs are local files). Nothing is created or
+    changed."""
+    path = local_path(path, "output")
     image = image_of_labels(path)
     if image is not None:
         check_into_image(path)
@@ -105,7 +119,7 @@ def is_zarr_output(path: str | os.PathLike) -> bool:
 
 def check_writable_folder(folder: str | os.PathLike, *, what: str, create: bool = False) -> None:
     """``folder`` exists (or, with ``create``, can be created) and we may write in it."""
-    folder = Path(folder)
+    folder = local_path(folder, what)
     if not folder.exists():
         if not create:
             raise InputError(f"{what} {folder} does not exist; create it first")

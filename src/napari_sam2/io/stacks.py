@@ -20,8 +20,12 @@ STACK_SUFFIXES = (*TIFF_SUFFIXES, ".npy", ".zarr")
 
 
 def stack_stem(path: str | os.PathLike) -> str:
-    """A stack's name without its extension(s): ``cells.ome.tif`` -> ``cells``."""
-    name = Path(path).name
+    """A stack's name without its extension(s): ``cells.ome.tif`` -> ``cells``; of a URL, its
+    last part (``https://host/data/cells.ome.zarr/?x=1`` -> ``cells``)."""
+    if is_url(path):
+        name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    else:
+        name = Path(path).name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *STACK_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -259,6 +263,12 @@ REMOTE_SCHEMES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gc
 def is_url(path) -> bool:
     """Whether ``path`` names a remote stack (``https://``, ``s3://``, ...), not a local file."""
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def stack_location(path: str | os.PathLike) -> Path | str:
+    """Where a stack is, as :func:`open_stack` takes it: a URL stays the string it is (a
+    ``Path`` would fold its ``//`` into a local relative path), anything else is a ``Path``."""
+    return path if is_url(path) else Path(path)
 
 
 def _open_remote(url: str):
