@@ -172,3 +172,140 @@ def test_weights_in_memory_train_as_their_file_does(tmp_path, stack, random_tiny
     sidecar = json.loads((tmp_path / "memory.json").read_text())
     assert sidecar["base_checkpoint"] == "weights given in memory"
     ns.load_model("sam2.1_hiera_tiny", checkpoint=tmp_path / "memory.pt", device="cpu")
+
+
+def _train_argv(stack, ckpt, out="t.pt", steps=2):
+    return [
+        "train",
+        stack[0],
+        "--labels",
+        stack[1],
+        "-o",
+        out,
+        "--checkpoint",
+        ckpt,
+        "--steps",
+        str(steps),
+        "--clip-frames",
+        "2",
+        "--val-fraction",
+        "0",
+        *FAST,
+    ]
+
+
+def _mib_needed(message: str) -> float:
+    return float(message.split(" needs ")[1].split(" MiB")[0].replace(",", ""))
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def test_a_disk_too_small_for_the_result_is_said_before_any_training(
+    tmp_path, capsys, monkeypatch, stack, random_tiny_checkpoint
+):
+    """Less room than the checkpoint and the resumable state need: exit 1 before the first
+    step, naming the path, the space needed and what is free; nothing written."""
+    import shutil
+
+    steps = []
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 1 << 40, 10 << 20)
+    )
+    before = _files(tmp_path)
+    code = main([str(a) for a in _train_argv(stack, random_tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "the disk is full: writing t.pt needs " in err
+    assert _mib_needed(err) > 2 * 149  # the checkpoint (149 MiB) and the state (more) together
+    assert f"its folder {tmp_path} has 10 MiB free" in err and "nothing was trained" in err
+    assert "Traceback" not in err and _files(tmp_path) == before
+    with pytest.raises(OSError, match="the disk is full"):
+        _api(stack, tmp_path / "t.pt", random_tiny_checkpoint, progress=lambda *a: steps.append(a))
+    assert steps == []  # not one step
+
+
+def test_a_disk_that_fills_while_the_checkpoint_is_written_keeps_the_finished_run(
+    tmp_path, capsys, monkeypatch, stack, random_tiny_checkpoint
+):
+    """The disk fills part-way through writing OUT (ENOSPC after 1 MiB of it): exit 1 naming
+    OUT and the space it needs; no OUT, no sidecar, no partial file; the finished run is kept,
+    and --resume writes OUT without training again."""
+    import errno
+    from pathlib import Path
+
+    from napari_sam2.train import save
+
+    real = save._write
+    written = [0]
+
+    def fills_up(f, data):
+        if Path(f.name).name.startswith(".t.pt.tmp"):
+            written[0] += len(data)
+            if written[0] > 1 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, data)
+
+    monkeypatch.setattr(save, "_write", fills_up)
+    before = _files(tmp_path)
+    code = main([str(a) for a in _train_argv(stack, random_tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "the disk is full: writing t.pt needs " in err
+    assert 149 <= _mib_needed(err) < 160  # the checkpoint and its sidecar
+    assert "the finished run is kept in t.pt.train-state" in err
+    assert "rerun with --resume to write t.pt without training again" in err
+    assert written[0] > 1 << 20  # it failed part-way, not before writing
+    assert _files(tmp_path) == sorted([*before, "t.pt.train-state"])  # nothing half-written
+    monkeypatch.setattr(save, "_write", real)  # room again
+    steps = []
+    report = ns.train(
+        [stack[0]],
+        [stack[1]],
+        tmp_path / "t.pt",
+        checkpoint=random_tiny_checkpoint,
+        image_size=128,
+        steps=2,
+        clip_frames=2,
+        val_fraction=0.0,
+        device="cpu",
+        resume=True,
+        progress=lambda *a: steps.append(a),
+    )
+    assert report.resumed_from == 2 and len(report.losses) == 2 and steps == []  # no training
+    assert _files(tmp_path) == sorted([*before, "t.json", "t.pt"])
+    ns.load_model("sam2.1_hiera_tiny", checkpoint=tmp_path / "t.pt", device="cpu")
+
+
+def test_a_file_size_limit_at_save_leaves_no_partial_checkpoint(
+    tmp_path, stack, random_tiny_checkpoint
+):
+    """A real write failure (a file-size limit of 64 MiB, below the 149 MiB checkpoint, in a
+    child process): exit 1 saying so with the space needed, and no file half-written."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    from napari_sam2 import weights
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+
+    argv = [str(a) for a in _train_argv(stack, random_tiny_checkpoint)]
+    before = _files(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_sam2.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit,
+        env={**os.environ, weights.CACHE_ENV: str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "the file-size limit (ulimit -f) stops writing t.pt, which needs " in proc.stderr
+    assert 149 <= _mib_needed(proc.stderr) < 160
+    assert "no resumable state could be kept either" in proc.stderr  # the state is larger
+    assert "Traceback" not in proc.stderr and _files(tmp_path) == before

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import InputError
+from ..io import InputError, local_path
 from ..model.checkpoint import (
     check_state_dict,
     identify,
@@ -53,6 +53,7 @@ from .optim import (
     set_lr,
 )
 from .prompts import PromptSettings, plan_clip
+from .save import DiskFullError, check_room, payload_bytes, save_together
 
 # Learning rates for a user's few annotated images (Meta's 5e-6 suits large data sets).
 DEFAULT_LR = {"decoder": 1e-4, "memory": 5e-5, "all": 1e-5, "lora": 1e-4}
@@ -80,24 +81,6 @@ class TrainReport:
 def state_path(out: Path) -> Path:
     """The resumable state of an unfinished run writing ``out``."""
     return out.with_name(out.name + ".train-state")
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def train(
@@ -144,7 +127,7 @@ def train(
     (data, labels, output, a base checkpoint of another configuration); an unreadable checkpoint
     raises :class:`~napari_sam2.model.CheckpointError`."""
     started = time.perf_counter()
-    out = Path(out)
+    out = local_path(out, "output")  # stacks may be URLs, the checkpoint is a local file
     prompts = prompts or PromptSettings()
     # ---------------------------------------------------------------- checks, before any work
     config = get_config(model)
@@ -230,6 +213,12 @@ def train(
         rng.bit_generator.state = saved["numpy_rng"]
         gen.set_state(saved["torch_rng"].cpu() if target.type == "cpu" else saved["torch_rng"])
         losses, val_history, start = saved["losses"], saved["val_history"], saved["step"]
+    # Room for what the run leaves at the end (the checkpoint, the state until it is written),
+    # said now rather than after hours of training: the state is the weights and AdamW's two
+    # moments of each trained parameter.
+    out_bytes = payload_bytes(state)
+    state_bytes = payload_bytes(net.state_dict()) + 2 * sum(p.nbytes for p in params)
+    check_room([out], out_bytes + state_bytes, "; nothing was trained")
 
     frozen = not encoder_trained(net)
     cache: dict = {}
@@ -266,18 +255,22 @@ def train(
         return result
 
     def save_state(step: int) -> None:
-        _atomic_save(
-            dict(
-                config=run_config,
-                step=step,
-                model=net.state_dict(),
-                optimizer=optimizer.state_dict(),
-                numpy_rng=rng.bit_generator.state,
-                torch_rng=gen.get_state(),
-                losses=losses,
-                val_history=val_history,
-            ),
-            state_file,
+        save_together(
+            {
+                state_file: dict(
+                    config=run_config,
+                    step=step,
+                    model=net.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    numpy_rng=rng.bit_generator.state,
+                    torch_rng=gen.get_state(),
+                    losses=losses,
+                    val_history=val_history,
+                )
+            },
+            f"; the last state saved before it is kept in {state_file} (--resume continues from it)"
+            if state_file.exists()
+            else "",
         )
 
     # ---------------------------------------------------------------- the loop
@@ -344,8 +337,21 @@ def train(
         ),
         final_loss=float(np.mean(losses[-10:])) if losses else None,
     )
-    _atomic_save({"model": weights}, out)
-    _atomic_text(json.dumps(sidecar, indent=2), sidecar_path(out))
+    # The finished run, resumable until the checkpoint is written (a full disk at the end
+    # costs a rerun with --resume that only writes, not the training); then both files, whole.
+    try:
+        save_state(steps)
+        kept = (
+            f"; the finished run is kept in {state_file}: rerun with --resume to write {out.name} "
+            "without training again"
+        )
+    except DiskFullError:  # the checkpoint, smaller, may still fit
+        kept = (
+            f"; the last state saved is kept in {state_file} (--resume continues from it)"
+            if state_file.exists()
+            else "; no resumable state could be kept either"
+        )
+    save_together({out: {"model": weights}, sidecar_path(out): json.dumps(sidecar, indent=2)}, kept)
     state_file.unlink(missing_ok=True)
     return TrainReport(
         out,
