@@ -103,3 +103,27 @@ def test_segment_many_takes_urls_beside_local_stacks(remote, random_tiny_checkpo
         "other_labels.tif",
     ]
     assert tifffile.imread(tmp_path / "out" / "disc_labels.tif").shape == (4, 48, 64)
+
+
+def test_train_reads_a_remote_stack_by_url(remote, random_tiny_checkpoint, tmp_path):
+    """``ns.train`` on a URL stack (labels local): the checkpoint is written locally, and its
+    sidecar names the stack by its URL."""
+    import json
+
+    url, _, _, _ = remote
+    rr, cc = np.mgrid[:48, :64]
+    labels = np.stack([((rr - 20) ** 2 + (cc - 15 - 8 * t) ** 2 < 64) for t in range(4)])
+    np.save(tmp_path / "disc_labels.npy", labels.astype(np.uint8))
+    report = ns.train(
+        [url],
+        [tmp_path / "disc_labels.npy"],
+        tmp_path / "mine.pt",
+        checkpoint=random_tiny_checkpoint,
+        image_size=128,
+        steps=2,
+        clip_frames=2,
+        val_fraction=0.0,
+        device="cpu",
+    )
+    assert report.path == tmp_path / "mine.pt" and len(report.losses) == 2
+    assert json.loads((tmp_path / "mine.json").read_text())["data"][0]["stack"] == url

@@ -128,3 +128,9 @@ def test_lora_with_all_and_labels_count(tmp_path, pair):
         "img.npy": snapshot(tmp_path)["img.npy"],
         "lab.npy": snapshot(tmp_path)["lab.npy"],
     }
+
+
+@refused
+def test_an_output_url_is_refused(tmp_path, capsys, pair):
+    argv = ["train", pair[0], "--labels", pair[1], "-o", "https://host/mine.pt", *NO_MODEL, *FAST]
+    refuses(argv, capsys, tmp_path, "output https://host/mine.pt is a URL")
