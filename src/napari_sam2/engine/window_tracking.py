@@ -160,6 +160,11 @@ class WindowTracker:
         return tuple(self._home)
 
     @property
+    def lineage(self) -> list:
+        """Always empty: new objects and divisions are tracked on whole frames only."""
+        return []
+
+    @property
     def windows(self) -> dict[int, Window]:
         """Each object's prompt window (min_row, min_col, max_row, max_col)."""
         return dict(self._home)
