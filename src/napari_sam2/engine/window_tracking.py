@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..model import SAM2Model
+from ..model.sam2 import NO_OBJECT_LOGIT
 from .frames import FrameSource
 from .plan import DIRECTIONS, plan_passes
 from .preprocess import DEFAULT_PERCENTILES, IntensityWindow
@@ -443,13 +444,16 @@ class WindowTracker:
                     for i, obj_id in enumerate(r.obj_ids):
                         if follows.get(obj_id) is run:
                             lows[obj_id], windows[obj_id] = r.low_res[i : i + 1], run.window
-                low = torch.cat([lows[o] for o in ids])
+                # (an object prompted while this runs waits for the next propagation)
+                size = self.model.config.low_res_mask_size
+                absent = torch.full((1, 1, size, size), NO_OBJECT_LOGIT)
+                low = torch.cat([lows.get(o, absent) for o in ids])
                 yield WindowFrameResult(
                     frame,
                     ids,
                     low,
                     self.frame_shape,
-                    [windows[o] for o in ids],
+                    [windows.get(o, self._home.get(o, self.placer.whole)) for o in ids],
                     dict(self.recentrings),
                 )
                 if frame != last:
@@ -470,8 +474,10 @@ class WindowTracker:
         for obj_id, low in lows.items():
             run = follows[obj_id]
             if id(run) not in home and following in self._prompted(obj_id):
-                back[obj_id] = next(r for r in home.values() if obj_id in r.tracker.obj_ids)
-                continue
+                mine = [r for r in home.values() if obj_id in r.tracker.obj_ids]
+                if mine:
+                    back[obj_id] = mine[0]
+                    continue
             extent = mask_extent(low, run.window)
             if extent is None or not self.placer.too_close(run.window, *extent):
                 continue
