@@ -230,3 +230,43 @@ def test_cancel_keeps_the_yielded_frames_and_closes_recentred_windows(mini_model
     tracker.close()
     with pytest.raises(RuntimeError, match="closed"):
         tracker.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+
+
+def test_after_a_recentring_the_object_continues_from_its_last_mask_as_a_mask_prompt(
+    mini_model,
+):
+    """The approximation, exactly as documented: from the frame after the move, the results
+    are a VideoTracker's on the new window's crop, prompted on the frame of the move by the
+    mask the object had there."""
+    frames = moving(8)
+    tracker = WindowTracker(mini_model, frames)
+    tracker.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+    results = list(tracker.propagate())
+    moved = next(i for i, r in enumerate(results) if r.recentred[1])
+    last = results[moved - 1]
+    window = results[moved].windows[0]
+    assert window != last.windows[0]
+    later = [r for r in results[moved:] if r.windows[0] == window and r.recentred[1] == 1]
+    assert later, "the object left the new window at once"
+    r0, c0, r1, c1 = window
+    alone = ns.VideoTracker(mini_model, np.ascontiguousarray(frames[:, r0:r1, c0:c1]))
+    alone.add_prompt(last.frame, 1, mask=last.masks[0][r0:r1, c0:c1])
+    expected = {r.frame: r.logits for r in alone.propagate(start=last.frame)}
+    for r in later:
+        np.testing.assert_array_equal(r.logits[:, r0:r1, c0:c1], expected[r.frame])
+    tracker.close()
+    alone.close()
+
+
+def test_lists_of_frames_and_dask_stacks_track_as_numpy(mini_model):
+    import dask.array as da
+
+    frames = moving(3)
+    outs = []
+    for source in (frames, list(frames), da.from_array(frames, chunks=(1, 128, 128))):
+        tracker = WindowTracker(mini_model, source, margin=0)
+        tracker.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+        outs.append(ns.track_to_labels(tracker))
+        tracker.close()
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
