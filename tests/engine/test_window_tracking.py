@@ -270,3 +270,24 @@ def test_lists_of_frames_and_dask_stacks_track_as_numpy(mini_model):
         tracker.close()
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_big_uint16_frames_are_never_read_whole(mini_model):
+    """The intensity window comes from strided samples, the tracking from window crops: no
+    read of a 2048² frame is more than a window or a sample of about a million pixels."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(300, 500, (3, 2048, 2048)).astype(np.uint16)
+    frames[:, 1000:1020, 1000:1020] = 4000
+    stack = Reads(frames)
+    tracker = WindowTracker(mini_model, stack, margin=0)
+    tracker.add_prompt(0, 1, points=[(1010, 1010)], labels=[1])
+    ns.track_to_labels(tracker)
+    assert stack.keys
+    for key in stack.keys:
+        assert isinstance(key, tuple), key
+        _, rows, cols = key
+        read = len(range(*rows.indices(2048))) * len(range(*cols.indices(2048)))
+        assert read <= 1_000_000 // 3 + 2 * 2048, key
+    # the whole stack's window, sampled: the bright square is too small to move it
+    assert tracker.source.window.high < 1000
+    tracker.close()

@@ -6,6 +6,7 @@ See :mod:`.window_tracking` for the tracker that uses them and docs/big-images.m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.sam2 import NO_OBJECT_LOGIT
+from .frames import FrameSourceError
+from .preprocess import IntensityWindow, select_channels
 from .results import FrameResult
 from .tiles import TileGrid, TilesError, Window, check_tile_options, tile_geometry
 
@@ -33,18 +36,39 @@ class CroppedFrames:
         self.shape = (int(shape[0]), r1 - r0, c1 - c0, *shape[3:])
         self.dtype = np.dtype(dtype)
         self._tuple_index = hasattr(frames, "shape") and not isinstance(frames, (list, tuple))
+        self.step = 1  # read every step-th row and column (a sample; 1: the window)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, t) -> np.ndarray:
         r0, c0, r1, c1 = self.window
+        rows, cols = slice(r0, r1, self.step), slice(c0, c1, self.step)
         if self._tuple_index:
             try:
-                return np.asarray(self.frames[t, r0:r1, c0:c1])
+                return np.asarray(self.frames[t, rows, cols])
             except (TypeError, IndexError):  # an array-like indexed by frame only
                 self._tuple_index = False
-        return np.asarray(self.frames[t])[r0:r1, c0:c1]
+        return np.asarray(self.frames[t])[rows, cols]
+
+
+def stack_window(frames, shape, dtype, channel: int, percentiles) -> IntensityWindow | None:
+    """The intensity window of a whole stack of big frames, from about a million pixels: up to
+    8 evenly spaced frames, each read with an even stride (``frames[t, ::s, ::s]``), never a
+    whole frame. None for uint8 and bool data (no window). Frames small enough are read whole,
+    which gives what :class:`~napari_sam2.engine.frames.FrameSource` computes."""
+    if np.dtype(dtype) in (np.uint8, np.bool_):
+        return None
+    picks = np.unique(np.linspace(0, shape[0] - 1, 8).astype(int))
+    pixels = int(shape[1]) * int(shape[2]) * len(picks)
+    step = max(1, math.ceil(math.sqrt(pixels / 1_000_000)))
+    strided = CroppedFrames(frames, (0, 0, int(shape[1]), int(shape[2])), shape, dtype)
+    strided.step = step
+    sample = np.stack([select_channels(strided[int(t)], channel) for t in picks])
+    try:
+        return IntensityWindow.from_percentiles(sample, percentiles)
+    except ValueError as e:
+        raise FrameSourceError(f"cannot set the stack's intensity window: {e}") from None
 
 
 def check_window_options(tile, margin, image_size: int) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from .window_frames import (
     mask_extent,
     prompt_extent,
     shift_prompt,
+    stack_window,
     window_logits,
 )
 
@@ -120,6 +121,14 @@ class WindowTracker:
                 "pass embeddings=None (a temporary store per window) or False, or track whole "
                 "frames (VideoTracker, or --tiles off) to use the store"
             )
+        if window is None:  # set once for the whole stack, without reading a whole frame
+            probe = FrameSource(
+                frames,
+                image_size=model.config.image_size,
+                channel=channel,
+                window=IntensityWindow(0.0, 1.0),
+            )
+            window = stack_window(frames, probe.shape, probe.dtype, channel, percentiles)
         self.source = FrameSource(
             frames,
             image_size=model.config.image_size,
