@@ -291,3 +291,19 @@ def test_big_uint16_frames_are_never_read_whole(mini_model):
     # the whole stack's window, sampled: the bright square is too small to move it
     assert tracker.source.window.high < 1000
     tracker.close()
+
+
+def test_clearing_a_prompt_moves_the_object_to_the_window_of_the_rest(mini_model):
+    tracker = WindowTracker(mini_model, moving(4))
+    tracker.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+    home = tracker.windows[1]
+    tracker.add_prompt(2, 1, points=[(64, 140)], labels=[1])
+    assert tracker.windows[1] != home and tracker.prompted_frames() == [0, 2]
+    r = tracker.clear_prompts(2, 1)
+    assert tracker.windows[1] == home and tracker.prompted_frames(1) == [0]
+    assert r.windows == (home,)
+    alone = WindowTracker(mini_model, moving(4))
+    alone.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+    np.testing.assert_array_equal(tracker.result(0).logits, alone.result(0).logits)
+    tracker.close()
+    alone.close()

@@ -79,7 +79,7 @@ def check_window_options(tile, margin, image_size: int) -> tuple[int, int]:
         isinstance(margin, (bool, np.bool_)) or not isinstance(margin, (int, np.integer))
     ):
         raise TilesError(
-            f"margin must be an integer number of pixels or None (the default, a eighth of the "
+            f"margin must be an integer number of pixels or None (the default, an eighth of the "
             f"tile), got {margin!r} ({type(margin).__name__})"
         )
     tile, _ = tile_geometry(image_size, tile, None)

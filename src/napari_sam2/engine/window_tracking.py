@@ -88,9 +88,10 @@ class WindowTracker:
     """Track objects through a stack of big frames, each in a native-resolution window.
 
     The same calls as :class:`~napari_sam2.VideoTracker` (``add_prompt``, ``add_labels``,
-    ``propagate``, ``plan``, ``result``, ``remove_object``, ``close``), in frame pixels. ``tile``:
+    ``propagate``, ``plan``, ``result``, ``clear_prompts``, ``remove_object``, ``reset``,
+    ``close``), in frame pixels. ``tile``:
     the window's side (default: the model's input; not smaller); ``margin``: how far from a cut
-    side of its window an object is placed (default: a eighth of the tile); the window
+    side of its window an object is placed (default: an eighth of the tile); the window
     re-centres when the object comes closer than half of it. The intensity window (``window``,
     or ``percentiles`` of a few frames) is set once on the whole stack. ``embeddings``: None (a
     temporary store per window) or False (none); stores at a path hold whole frames and are not
@@ -281,6 +282,29 @@ class WindowTracker:
         result = self.result(frame, added)
         result.dropped = tuple(dropped)
         return result
+
+    def clear_prompts(self, frame: int, obj_id: int) -> WindowFrameResult:
+        """As :meth:`VideoTracker.clear_prompts`: remove ``obj_id``'s prompt on ``frame``. The
+        object's window follows from its remaining prompts (a move replays them)."""
+        self._check_open()
+        frame = self.source.check_index(frame)
+        window = self._window(obj_id)
+        entries = [e for e in self._entries[obj_id] if e.frame != frame]
+        new = self._window_of(entries) if entries else window
+        if new == window:
+            self._groups[window].clear_prompts(frame, obj_id)
+        else:
+            self._move(obj_id, entries, new)
+        self._entries[obj_id] = entries
+        self._home[obj_id] = new
+        return self.result(frame)
+
+    def prompted_frames(self, obj_id: int | None = None) -> list[int]:
+        """The frames prompted (of ``obj_id``, or of any object)."""
+        if obj_id is not None:
+            self._window(obj_id)  # a KeyError naming the known ids
+        ids = list(self._home) if obj_id is None else [obj_id]
+        return sorted({e.frame for i in ids for e in self._entries[i]})
 
     def remove_object(self, obj_id: int) -> None:
         """Forget an object entirely (prompts, memory, results)."""
