@@ -66,3 +66,34 @@ def test_tiles_on_with_options_that_need_whole_frames_exits_2(tmp_path, capsys, 
     (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,15,20,1\n")
     argv = ["segment", tif, "-p", tmp_path / "p.csv", "-o", tmp_path / "o.tif", *FAST, *NO_MODEL]
     refuses([*argv, "--tiles", "on", *extra], capsys, tmp_path, match)
+
+
+@pytest.mark.handled
+def test_a_stack_that_fits_one_window_tracks_exactly_as_video_tracker(mini_model):
+    frames = moving_disc(4)  # 40 x 56: one window, the whole frame
+    ours = WindowTracker(mini_model, frames)
+    theirs = ns.VideoTracker(mini_model, frames)
+    for t in (ours, theirs):
+        t.add_prompt(0, 1, points=[(15, 20)], labels=[1])
+    assert ours.windows == {1: (0, 0, 40, 56)}
+    for a, b in zip(ours.propagate("both"), theirs.propagate("both"), strict=True):
+        assert a.frame == b.frame
+        np.testing.assert_array_equal(a.logits, b.logits)
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.handled
+def test_multichannel_big_frames_use_the_chosen_channel_in_every_window(mini_model):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 1000, (2, 320, 336, 5)).astype(np.uint16)
+    frames[:, 100:120, 100:120, 2] = 5000
+    tracker = WindowTracker(mini_model, frames, channel=2)
+    r = tracker.add_prompt(0, 1, points=[(110, 110)], labels=[1])
+    r0, c0, r1, c1 = tracker.windows[1]
+    crop = np.ascontiguousarray(frames[:, r0:r1, c0:c1])
+    alone = ns.VideoTracker(mini_model, crop, channel=2, window=tracker.source.window)
+    expected = alone.add_prompt(0, 1, points=[(110 - r0, 110 - c0)], labels=[1]).logits
+    np.testing.assert_array_equal(r.logits[:, r0:r1, c0:c1], expected)
+    tracker.close()
+    alone.close()
