@@ -1,14 +1,18 @@
-"""Big images on tiles: seconds per window embedding, and segment everything on a large image
-tiled (native-resolution windows) against downscaled (the whole image resized to the input).
+"""Big images on tiles: seconds per window embedding, segment everything on a large image
+tiled (native-resolution windows) against downscaled (the whole image resized to the input),
+and seconds per tracked frame of a movie of such images, each object in its window
+(WindowTracker) against the whole frame downscaled (VideoTracker).
 
     .venv/bin/python benchmarks/tiles_benchmark.py [--size 4096] [--image-size 1024]
         [--points-per-side 32] [--model sam2.1_hiera_tiny] [--halo N]
+        [--frames 8] [--objects 4] [--only-tracking]
 
 Random weights (no download): the figures are times and memory, not segmentation quality. The
 image is a synthetic field of small bright discs on noise (uint16). Peak memory is traced
 numpy/Python memory (tracemalloc), which the model's own tensors are not part of. Runs by hand,
-not in the tests; the reduced run in docs/big-images.md is
-``--size 1024 --image-size 256 --points-per-side 16``.
+not in the tests; the reduced runs in docs/big-images.md are
+``--size 1024 --image-size 256 --points-per-side 16`` and, for tracking,
+``--size 1024 --image-size 256 --frames 8 --objects 4 --only-tracking``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def main() -> None:
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--model", default="sam2.1_hiera_tiny")
     ap.add_argument("--halo", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=8, help="frames of the tracked movie")
+    ap.add_argument("--objects", type=int, default=4, help="objects tracked")
+    ap.add_argument("--only-tracking", action="store_true")
     args = ap.parse_args()
 
     from official import randomize_
@@ -61,6 +68,11 @@ def main() -> None:
         f"{args.model} at {args.image_size}, image {args.size}², tile {tile}, halo {halo}: "
         f"{len(grid)} windows; {torch.get_num_threads()} threads"
     )
+
+    if args.objects:
+        track(model, image, args)
+    if args.only_tracking:
+        return
 
     p = ns.ImagePredictor(model, tiles=True, halo=args.halo)
     p.set_image(image)
@@ -97,6 +109,35 @@ def main() -> None:
             f"segment everything {name}: {seconds:.1f} s, {len(records)} masks, "
             f"peak traced memory {peak / 2**20:.0f} MiB"
         )
+
+
+def track(model, image, args) -> None:
+    """Seconds per tracked frame: the image drifting 2 pixels a frame, ``args.objects`` clicks
+    spread over it, forward from frame 0; windowed, then downscaled."""
+    import napari_sam2 as ns
+
+    movie = np.stack([np.roll(image, (2 * t, 3 * t), axis=(0, 1)) for t in range(args.frames)])
+    size = image.shape[0]
+    spots = np.linspace(size * 0.15, size * 0.85, args.objects)
+    clicks = [(float(r), float(c)) for r, c in zip(spots, spots[::-1])]
+    for kind in (ns.WindowTracker, ns.VideoTracker):
+        tracker = kind(model, movie)
+        for i, point in enumerate(clicks, start=1):
+            tracker.add_prompt(0, i, points=[point], labels=[1])
+        start, cpu = time.perf_counter(), time.process_time()
+        n = sum(1 for _ in tracker.propagate("forward"))
+        per_frame = (time.perf_counter() - start) / n
+        cpu_per_frame = (time.process_time() - cpu) / n
+        if kind is ns.WindowTracker:
+            moved = sum(tracker.recentrings.values())
+            name = f"in windows ({tracker.num_windows} prompt windows, {moved} re-centrings)"
+        else:
+            name = "downscaled (whole frame)"
+        print(
+            f"tracking {args.objects} objects {name}: {per_frame:.2f} s per frame "
+            f"({cpu_per_frame:.2f} s of CPU)"
+        )
+        tracker.close()
 
 
 if __name__ == "__main__":

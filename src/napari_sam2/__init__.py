@@ -25,6 +25,7 @@ from .engine.preprocess import IntensityWindow
 from .engine.prompts import PromptError
 from .engine.tiles import TilesError
 from .engine.video import FrameResult, VideoTracker
+from .engine.window_tracking import WindowFrameResult, WindowTracker
 from .io.stacks import Stack, open_stack
 from .io.tracks import write_ctc, write_geff, write_tracks_csv
 from .model import MODEL_NAMES, CheckpointError, DeviceError, PrecisionError, SAM2Model
@@ -42,6 +43,8 @@ __all__ = [
     "LabelError",
     "LabelSink",
     "VideoTracker",
+    "WindowTracker",
+    "WindowFrameResult",
     "track_to_labels",
     "MODEL_NAMES",
     "CheckpointError",

@@ -104,7 +104,7 @@ def segment_many(
         on one frame: a label image, ``auto_frame``) into tasks of this many objects, merged
         into the same labels (:mod:`.object_tasks`).
     options: fields of :class:`.plan.SegmentOptions` (direction, start, stop,
-        image_size, channel, overwrite, auto_frame, ...).
+        image_size, channel, overwrite, auto_frame, tiles, ...).
     """
     started = time.perf_counter()
     if objects_per_task is not None and client is None:

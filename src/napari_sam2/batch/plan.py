@@ -77,6 +77,7 @@ class SegmentOptions:
     new_objects: int | None = None  # segment everything every N frames for new objects
     divisions: bool = False  # follow dividing cells (forward)
     tracks: Path | None = None  # a .csv or .geff of the tracks (one stack)
+    tiles: str = "auto"  # track big frames in windows: "auto", "on" or "off" (TILES_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -250,10 +251,46 @@ def embeddings_path(
     return store
 
 
+TILES_CHOICES = ("auto", "on", "off")
+
+
+def tracking_tiles(options: SegmentOptions, embeddings=None) -> bool | str:
+    """The ``tiles`` a job's tracker gets (``engine.window_tracking.make_tracker``):
+    "auto" tracks frames larger than 1.5 times the model's input in windows, except with an
+    embeddings store (it holds whole frames) or new objects / divisions (whole frames only)."""
+    if options.tiles == "off":
+        return False
+    if options.tiles == "on":
+        return True
+    lineage = options.new_objects is not None or options.divisions
+    return False if embeddings is not None or lineage else "auto"
+
+
+def check_tiles(options: SegmentOptions, embeddings=None) -> None:
+    """Refuse a ``tiles`` option that cannot work, before anything is read."""
+    if options.tiles not in TILES_CHOICES:
+        raise InputError(
+            f"--tiles must be one of {', '.join(TILES_CHOICES)}, got {options.tiles!r}"
+        )
+    if options.tiles != "on":
+        return
+    if embeddings is not None:
+        raise InputError(
+            "--tiles on tracks in windows, and an embeddings store (--embeddings) holds whole "
+            "frames: leave out --embeddings, or use --tiles off (or auto, which then tracks "
+            "whole frames)"
+        )
+    if options.new_objects is not None or options.divisions:
+        raise InputError(
+            "--new-objects and --divisions track whole frames: use --tiles off (or auto) with them"
+        )
+
+
 def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
     """Read and check everything of ``job`` that can be checked without the model: the stack
     (shape, dtype, channel), the prompts against it, the propagation range, the label dtype,
     and the stack's intensity window (read from up to 8 frames, reused by :func:`run_job`)."""
+    check_tiles(options, job.embeddings)
     if options.spill_dir is not None:
         check_writable_folder(options.spill_dir, what="--spill-dir")
     stack = open_stack(job.stack, axis=options.axis, index=options.index)

@@ -29,7 +29,7 @@ from ..io import (
     open_stack,
     stack_stem,
 )
-from .plan import CheckedJob, JobResult, SegmentOptions
+from .plan import CheckedJob, JobResult, SegmentOptions, tracking_tiles
 
 
 def run_job(
@@ -190,15 +190,17 @@ def embed_stack(model, stack_path: Path, store: Path, options: SegmentOptions, p
 @contextlib.contextmanager
 def tracking(model, stack_path: Path, options: SegmentOptions, embeddings=None, window=None):
     """(stack, tracker) of a stack on disk, both closed (files, threads, temporary stores)
-    however the block ends."""
-    from ..engine.video import VideoTracker
+    however the block ends. Frames larger than 1.5 times the model's input are tracked in
+    windows (``options.tiles``, :func:`.plan.tracking_tiles`; docs/big-images.md)."""
+    from ..engine.window_tracking import make_tracker
 
     stack = open_stack(stack_path, axis=options.axis, index=options.index)
     tracker = None
     try:
-        tracker = VideoTracker(
+        tracker = make_tracker(
             model,
             stack.frames,
+            tracking_tiles(options, embeddings),
             channel=options.channel,
             window=window,
             spill_dir=options.spill_dir,

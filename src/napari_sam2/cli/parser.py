@@ -261,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
         "store, or a folder of <stack name>.embeddings.zarr for several stacks; default: a "
         "temporary one",
     )
+    seg.add_argument(
+        "--tiles",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="follow each object in a native-resolution window around it instead of resizing "
+        "the whole frame to the model's input: auto (default) for frames larger than 1.5 times "
+        "the input on a side, unless --embeddings, --new-objects or --divisions is given (they "
+        "need whole frames); on for any frame larger than the input; off never "
+        "(docs/big-images.md)",
+    )
     seg.set_defaults(run=segment)
 
     train.add_parser(commands, [debug, model], _positive)

@@ -47,6 +47,7 @@ def segment(args: argparse.Namespace) -> int:
         new_objects=args.new_objects,
         divisions=args.divisions,
         tracks=None if args.tracks is None else Path(args.tracks),
+        tiles=args.tiles,
     )
     _check_lineage_options(args)
     if args.overwrite and args.resume:
