@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image
+from qtpy.QtCore import QObject, Signal
 
+from .. import weights
 from ..engine.session import PromptSession
 from ..engine.stack import StackError, StackGeometry
 from . import labels_data
@@ -25,7 +27,31 @@ def full_resolution(image: Image):
     return image.data[0] if image.multiscale else image.data
 
 
+DOWNLOADING = "downloading the model"  # the long task of a download (one at a time)
+_KIB = 1024  # the progress bar counts KiB (a Qt progress bar's range is a 32-bit int)
+
+
+class _Download(QObject):
+    """A checkpoint download seen from the widget: progress from the loading worker's thread
+    (a queued signal: Qt runs the slot on the widget's thread), and Cancel the other way."""
+
+    changed = Signal(int, int)  # bytes done, bytes in all (0: unknown)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = False
+        self.filename = ""
+
+
+class _Cancelled:
+    """What a load stopped by Cancel returns (nothing to start on)."""
+
+
 class StartMixin:
+    def _init_start(self) -> None:
+        self._download = _Download()
+        self._download.changed.connect(self._on_download)
+
     def start(self, *_) -> None:
         """Load the model (in the background) and set up (or resume) the SAM2 layers."""
         image = self.image.value
@@ -42,12 +68,68 @@ class StartMixin:
         key = (*self.model_settings().values(), str(checkpoint), self.device.value)
         self.feedback.say(f"Loading {self.model_name.value}…")
         frames, store = geometry.frames(full_resolution(image)), self._store_choice()
-        self.run(  # the tracker too: it reads slices for the intensity window
-            lambda: self._open_session(self._load_model(key, checkpoint), frames, store),
-            returned=lambda session: self._begin(
-                image, geometry, session.tracker.model, key, session
-            ),
+        progress = self.download_progress(key[0])
+
+        def load():
+            try:
+                model = self._load_model(key, checkpoint, progress)
+            except weights.DownloadCancelled:
+                return _Cancelled()
+            # the tracker too: it reads slices for the intensity window
+            return self._open_session(model, frames, store)
+
+        self.run(
+            load,
+            returned=lambda session: self._loaded(image, geometry, key, session),
+            finished=self._download_finished,
         )
+
+    def _loaded(self, image, geometry, key, session) -> None:
+        if isinstance(session, _Cancelled):
+            self.feedback.done(
+                f"Download of {self._download.filename} cancelled; nothing was kept. Press "
+                "Start to download it again (or choose a checkpoint file)."
+            )
+            return
+        self._begin(image, geometry, session.tracker.model, key, session)
+
+    # ------------------------------------------------------------------ downloads
+    def download_progress(self, name: str):
+        """The progress hook of a model load: a download (a checkpoint not in the cache yet)
+        shows on the widget's progress bar and status line, and the Start tab's Cancel (or H)
+        stops it."""
+        try:
+            self._download.filename = weights.get_weights(name).filename
+        except ValueError:  # an unknown name: the load itself says so
+            self._download.filename = name
+        self._download.cancelled = False
+        return weights.progress_callback(
+            self._download.changed.emit, lambda: self._download.cancelled or self.runner.closed
+        )
+
+    def _on_download(self, done: int, total: int) -> None:
+        if self.runner.closed:
+            return
+        name = self._download.filename
+        of = f" of {total / 2**20:,.0f}" if total else ""
+        text = f"Downloading {name}: {done / 2**20:,.0f}{of} MiB (once; Cancel stops it)…"
+        if self._task != DOWNLOADING:
+            if self._task is not None or self._download.cancelled:
+                self.feedback.say(text)  # another task has the bar, or the download stops
+                return
+            self.start_progress(
+                max(1, total // _KIB), DOWNLOADING, cancel=self._cancel_download, tab="Start"
+            )
+        bar = self.feedback.bar
+        bar.value = min(bar.max, done // _KIB) if total else 0
+        self.feedback.say(text)
+
+    def _cancel_download(self) -> None:
+        self._download.cancelled = True
+
+    def _download_finished(self) -> None:
+        if self._task == DOWNLOADING:
+            self.end_progress()
 
     def model_settings(self) -> dict:
         """The model of the session running (else the one chosen): name, input size, precision."""
@@ -71,7 +153,9 @@ class StartMixin:
         image = image or self.image.value
         self._begin(image, self._geometry_for(image), model, ("given",))
 
-    def _load_model(self, key, checkpoint):
+    def _load_model(self, key, checkpoint, progress=True):
+        """The model of ``key`` (loaded once per settings); ``progress``: a download's progress
+        hook (see :func:`napari_sam2.weights.fetch`)."""
         if key not in self._models:
             import napari_sam2 as ns
 
@@ -83,6 +167,7 @@ class StartMixin:
                 image_size=int(size),
                 precision=precision,
                 compile=compile_,
+                progress=progress,
             )
         return self._models[key]
 

@@ -99,6 +99,7 @@ class SAM2Widget(
         self.status = self.feedback.status
         self.runner = Runner(self._on_error)
         self._init_history()
+        self._init_start()
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model_name = ComboBox(label="model", choices=MODEL_NAMES, value=DEFAULT_MODEL)
@@ -132,6 +133,10 @@ class SAM2Widget(
             "Off: an image's existing SAM2 layers are resumed from. On: new layers are made"
         )
         self.start_button = PushButton(text="Start segmenting")
+        self.cancel_download = PushButton(text="Cancel", enabled=False)
+        self.cancel_download.tooltip = _tip(
+            "Stop the model's download (nothing is kept in the cache)", "cancel"
+        )
         self.obj_id = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
         self.new_object = PushButton(text="New object")
         self.new_object.tooltip = _tip("The next unused object id", "next_object")
@@ -168,6 +173,7 @@ class SAM2Widget(
             "Stop segment everything after the batch of clicks in progress", "cancel"
         )
         self.cancel_buttons = {
+            "Start": self.cancel_download,
             "Segment": self.cancel_button,
             "Many objects": self.cancel_everything,
         }
@@ -189,7 +195,7 @@ class SAM2Widget(
                 "Start",
                 [self.image, self.model_name, self.checkpoint, self.device, self.input_size,
                  self.precision, self.compile, self.embeddings, self.stack_axis,
-                 self.new_labels, self.start_button],
+                 self.new_labels, self.start_button, self.cancel_download],
             ),
             (
                 "Segment",
@@ -231,6 +237,7 @@ class SAM2Widget(
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
         self.cancel_everything.changed.connect(self.cancel)
+        self.cancel_download.changed.connect(self.cancel)
         self.stack_axis.changed.connect(self._on_axis_choice)
         self.save_button.changed.connect(self.save_session)
         self.load_button.changed.connect(self.load_session)
