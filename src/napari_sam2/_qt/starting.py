@@ -20,6 +20,7 @@ from .prompting import META
 
 POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
 EMBEDDING_CACHE = 8  # slices whose image embedding is kept in RAM (LRU); all go to disk
+TILES = "auto"  # clicks on slices larger than 1.5x the model's input: native-resolution windows
 
 
 def full_resolution(image: Image):
@@ -192,7 +193,9 @@ class StartMixin:
 
     @staticmethod
     def _open_session(model, frames, store) -> PromptSession:
-        return PromptSession(model, frames, feature_cache=EMBEDDING_CACHE, embeddings=store)
+        return PromptSession(
+            model, frames, tiles=TILES, feature_cache=EMBEDDING_CACHE, embeddings=store
+        )
 
     def _begin(self, image: Image, geometry: StackGeometry, model, key, session=None) -> None:
         self.end_session(None)
@@ -219,6 +222,12 @@ class StartMixin:
         self._enable_task_buttons()
         self.direction.enabled = self.first.enabled = self.last.enabled = geometry.num_frames > 1
         what = f"{key[0]} ready · {geometry.num_frames} slice(s)"
+        if session.tiled:
+            h, w = geometry.spatial_shape
+            what += (
+                f" · tiles on: clicks on these {h}×{w} slices are answered at full resolution "
+                f"in {session.windows.tile}-pixel windows"
+            )
         if resume:
             what += f" · resumed from the SAM2 layers of '{image.name}'"
         message = f"{what}. Click on an object (object {self.obj_id.value})."
@@ -282,6 +291,7 @@ class StartMixin:
             )
         self.boxes.events.data.connect(self._on_prompts_changed)
         self.boxes.events.data.connect(self.note_prompt_change)
+        self.outline.adopt(resume.get("window"))
 
     def end_session(self, message: str | None = "Pick an image and press Start.") -> None:
         """Stop background work and forget the tracker (the layers stay, and a later Start on
@@ -307,6 +317,7 @@ class StartMixin:
                     layer.mouse_drag_callbacks.remove(self._polarity_from_modifiers)
         self.session, self.image_layer = None, None
         self.points = self.boxes = None
+        self.outline.forget()
         self._labelled = {}
         self._set_session_enabled(False)
         self.end_progress()

@@ -32,6 +32,7 @@ from .propagation import PropagationMixin
 from .sessions import SessionMixin
 from .starting import StartMixin, full_resolution
 from .train_tab import TrainTab
+from .window_outline import WindowOutline
 
 
 def _tip(text: str, method: str) -> str:
@@ -92,6 +93,7 @@ class SAM2Widget(
         self._ready_note: str | None = None  # said instead of "Ready" after the next sync
         self._sync_errors: list[str] = []
         self._sync_changed = False
+        self._sync_window = None  # the window that answered the last sync (tiles)
         self._cancel_action = None  # what Cancel stops: a propagation, segment everything
         self._task: str | None = None  # the long task running (one at a time)
         self._prompted_meanwhile = False  # prompts changed during the propagation running
@@ -162,6 +164,7 @@ class SAM2Widget(
         )
         self.first = SpinBox(label="from slice (-1: auto)", min=-1, max=10_000_000, value=-1)
         self.last = SpinBox(label="to slice (-1: end)", min=-1, max=10_000_000, value=-1)
+        self.outline = WindowOutline(self)
         self.follow = CheckBox(label="follow the propagation", value=False)
         self.follow.tooltip = "Move the slider to each slice as it is written"
         self.propagate_button = PushButton(text="Propagate")
@@ -200,7 +203,7 @@ class SAM2Widget(
             (
                 "Segment",
                 [self.obj_id, self.new_object, self.negative, self.undo, self.undo_button,
-                 self.redo_button, self.object_list,
+                 self.redo_button, self.outline.show, self.object_list,
                  self.direction, self.first, self.last, self.follow,
                  *self.lineage.options_widgets, self.propagate_button, self.cancel_button],
             ),
