@@ -128,9 +128,6 @@ class PromptingMixin(UndoMixin):
         into ``step``) unless ``write`` is off (an undo puts the pixels back itself)."""
         points = L.point_rows(self.points, self.image_layer, self.geometry)
         boxes = L.box_rows(self.boxes, self.image_layer, self.geometry)
-        frames = sorted(
-            {r.frame for r in points} | {r.frame for r in boxes} | self.session.synced_frames()
-        )
         session = self.session
         self._sync_errors, self._sync_changed = [], False
         self._sync_window = None
@@ -139,7 +136,10 @@ class PromptingMixin(UndoMixin):
         dtype = self.labels_layer.data.dtype
 
         def sync():
-            for frame in frames:
+            # in the worker: the session's frames need its lock, which an embedding or a
+            # propagated slice may hold for seconds (never wait for it on the event loop)
+            prompted = {r.frame for r in points} | {r.frame for r in boxes}
+            for frame in sorted(prompted | session.synced_frames()):
                 outcome = session.sync_frame(frame, points, boxes)
                 if outcome.result is not None or outcome.removed or outcome.errors:
                     yield outcome, Resolved.of(session, outcome.result, dtype)

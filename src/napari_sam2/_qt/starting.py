@@ -297,6 +297,7 @@ class StartMixin:
         """Stop background work and forget the tracker (the layers stay, and a later Start on
         the same image resumes from them)."""
         self.runner.stop_all()
+        self._ahead_token += 1  # background embeddings stop before their next slice
         if self.session is not None:
             self.session.close()
         if self.labels_layer is not None:

@@ -165,6 +165,12 @@ class SAM2Widget(
         self.first = SpinBox(label="from slice (-1: auto)", min=-1, max=10_000_000, value=-1)
         self.last = SpinBox(label="to slice (-1: end)", min=-1, max=10_000_000, value=-1)
         self.outline = WindowOutline(self)
+        self.ahead = CheckBox(label="embed the neighbouring slices ahead", value=True)
+        self.ahead.tooltip = (
+            "In the background, so that a click on the next (or previous) slice is fast"
+        )
+        self._ahead_token = 0  # counts slider moves: a move cancels the previous one's work
+        self._ahead_workers: set = set()
         self.follow = CheckBox(label="follow the propagation", value=False)
         self.follow.tooltip = "Move the slider to each slice as it is written"
         self.propagate_button = PushButton(text="Propagate")
@@ -203,7 +209,7 @@ class SAM2Widget(
             (
                 "Segment",
                 [self.obj_id, self.new_object, self.negative, self.undo, self.undo_button,
-                 self.redo_button, self.outline.show, self.object_list,
+                 self.redo_button, self.outline.show, self.ahead, self.object_list,
                  self.direction, self.first, self.last, self.follow,
                  *self.lineage.options_widgets, self.propagate_button, self.cancel_button],
             ),

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..model import SAM2Model
 from .prompts import PromptError
@@ -251,12 +252,36 @@ class PromptSession:
         with self.lock:
             return {frame for frame, _ in self._synced}
 
-    def embed(self, frame: int) -> None:
+    def embed(self, frame: int, wanted=None) -> None:
         """Compute (and cache) the embedding of ``frame`` ahead of a click on it. A no-op once
-        the session is closed: a background embedding may outlive its session."""
+        the session is closed (a background embedding may outlive its session), or when
+        ``wanted()`` has turned false by the time the lock is free (the user moved on)."""
         with self.lock:
-            if not self.tracker.closed:
+            if not self.tracker.closed and (wanted is None or wanted()):
                 self.tracker.embed(frame)
+
+    def embed_ahead(self, frame: int, wanted=None) -> bool:
+        """Compute the embedding of ``frame`` (a slice next to the one shown) *outside* the
+        lock, so that clicks and propagation go on meanwhile; only handing it to the tracker
+        holds the lock. The same embedding as :meth:`embed` (the tracker's own preparation and
+        encoder). Nothing is done when the frame is embedded already, the session is closed,
+        or ``wanted()`` is false before the work starts. True if it computed one."""
+        tracker = self.tracker
+        with self.lock:
+            if tracker.closed or (wanted is not None and not wanted()):
+                return False
+            if tracker._embeddings.known(frame):
+                return False
+        x, pixels = tracker._prepare(frame)  # reads the frame: no tracker state touched
+        if wanted is not None and not wanted():
+            return False
+        with torch.inference_mode():
+            emb = tracker.model.encode_image(x.to(tracker.model.device))
+        with self.lock:
+            if tracker.closed:
+                return False
+            tracker._embeddings.get(frame, lambda _: (emb, pixels), tracker.model.device)
+        return True
 
     def propagate(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage):
         """Like :meth:`VideoTracker.propagate` (of ``obj_ids`` only, if given; ``lineage``: its
