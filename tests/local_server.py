@@ -2,13 +2,16 @@
 
 Files are served from memory (bytes) or from disk (a path, streamed). Every GET is counted, and
 a file can be served short: the full Content-Length is announced, fewer bytes are sent, and the
-connection is closed — what a dropped transfer looks like to the client.
+connection is closed — what a dropped transfer looks like to the client. A file can be served
+slowly (``pace``: seconds of pause after each 64 KiB), for tests that act during a download.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +22,7 @@ class LocalServer:
         self.files: dict[str, bytes | Path] = {}
         self.short: dict[str, int] = {}  # name -> bytes actually sent
         self.hits: Counter[str] = Counter()
+        self.pace: dict[str, float] = {}  # name -> seconds of pause after each 64 KiB sent
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,11 +39,12 @@ class LocalServer:
                 self.send_header("Content-Length", str(size))
                 self.end_headers()
                 limit = server.short.get(name, size)
-                if isinstance(body, Path):
-                    with body.open("rb") as f:
-                        _copy(f, self.wfile, limit)
-                else:
-                    self.wfile.write(body[:limit])
+                pace = server.pace.get(name)
+                try:
+                    with body.open("rb") if isinstance(body, Path) else io.BytesIO(body) as f:
+                        _copy(f, self.wfile, limit, pace)
+                except (BrokenPipeError, ConnectionResetError):  # the client went away
+                    return
                 if limit < size:
                     self.close_connection = True
 
@@ -69,14 +74,16 @@ class LocalServer:
         self._thread.join()
 
 
-def _copy(src, dst, limit: int) -> None:
+def _copy(src, dst, limit: int, pace: float | None = None) -> None:
     left = limit
     while left > 0:
-        chunk = src.read(min(left, 1 << 20))
+        chunk = src.read(min(left, 1 << 16 if pace else 1 << 20))
         if not chunk:
             break
         dst.write(chunk)
         left -= len(chunk)
+        if pace:
+            time.sleep(pace)
 
 
 def closed_port_url(name: str) -> str:

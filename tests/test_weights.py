@@ -107,6 +107,32 @@ def test_napari_progress_is_a_progress_hook(server, tmp_path, monkeypatch):
     assert weights.fetch(NAME, cache_dir=tmp_path, progress=progress).read_bytes() == PAYLOAD
 
 
+def test_a_callback_hook_reports_bytes_and_cancel_stops_and_keeps_nothing(
+    server, tmp_path, monkeypatch
+):
+    """What the widget passes: plain callbacks, called as chunks arrive; Cancel stops the
+    transfer at the next chunk and nothing is left in the cache."""
+    server.files["big.pt"] = big = os.urandom(3 * 2**20 + 5)  # four download chunks
+    _point(monkeypatch, server.url("big.pt"), size=len(big), sha256=None)
+    seen = []
+    hook = weights.progress_callback(lambda done, total: seen.append((done, total)))
+    assert weights.fetch(NAME, cache_dir=tmp_path, progress=hook).read_bytes() == big
+    done = [d for d, _ in seen]
+    assert len(seen) >= 4 and done == sorted(done) and {t for _, t in seen} == {len(big)}
+    assert seen[-1] == (len(big), len(big)) and 0 < done[0] < len(big)
+
+    def cancel_after_the_first_chunk():
+        return len(seen) > 0
+
+    seen.clear()
+    hook = weights.progress_callback(
+        lambda done, total: seen.append((done, total)), cancel_after_the_first_chunk
+    )
+    with pytest.raises(weights.DownloadCancelled, match="big.pt was cancelled; nothing was kept"):
+        weights.fetch(NAME, cache_dir=tmp_path / "2", progress=hook)
+    assert len(seen) == 1 and _files(tmp_path / "2") == []
+
+
 def test_truncated_download_fails_and_leaves_nothing(server, tmp_path, monkeypatch):
     server.short["w.pt"] = 1000  # Content-Length says 300,000; the connection drops after 1,000
     _point(monkeypatch, server.url("w.pt"))

@@ -7,8 +7,9 @@ from there afterwards. Downloads are checked for size and SHA-256 and only ever 
 cache complete: they are written to a hidden temporary file beside the destination and renamed
 on success; any failure, Ctrl+C included, removes the temporary file.
 
-No napari or Qt here: a progress bar is anything tqdm-like (``progress=napari.utils.progress``
-in the widget, a tqdm bar on the terminal by default).
+No napari or Qt here: a progress bar is anything tqdm-like (a tqdm bar on the terminal by
+default, ``napari.utils.progress``), or plain callbacks through :func:`progress_callback` (the
+widget's progress bar and its Cancel button).
 """
 
 from __future__ import annotations
@@ -76,10 +77,52 @@ class ChecksumError(WeightsError):
     """The downloaded or cached file has the wrong size or SHA-256."""
 
 
+class DownloadCancelled(WeightsError):
+    """The download was stopped on request (:func:`progress_callback`'s ``cancelled``)."""
+
+
 # A progress bar: called as ``progress(total=..., desc=..., unit="B", unit_scale=True,
 # unit_divisor=1024)``, it returns an object with tqdm's ``update``, ``close`` and a settable
 # ``total``: ``tqdm.tqdm`` and ``napari.utils.progress`` both are.
 ProgressFactory = Callable[..., object]
+
+
+def progress_callback(
+    report: Callable[[int, int], None], cancelled: Callable[[], bool] | None = None
+) -> ProgressFactory:
+    """A progress hook made of plain callbacks, for ``progress=`` of :func:`fetch` and
+    :func:`load_model`: ``report(done, total)`` after each chunk (bytes; ``total`` 0 where
+    neither the registry nor the server says), called on the downloading thread. When
+    ``cancelled()`` turns true the download stops with :class:`DownloadCancelled` at the next
+    chunk, and nothing is kept in the cache."""
+
+    def make(*, total=0, desc="downloading", **_):
+        return _CallbackBar(report, cancelled, int(total or 0), desc)
+
+    return make
+
+
+class _CallbackBar:
+    """The tqdm-like bar of :func:`progress_callback`."""
+
+    def __init__(self, report, cancelled, total: int, desc: str) -> None:
+        self.report, self.cancelled = report, cancelled
+        self.total, self.n, self.desc = total, 0, desc
+
+    def update(self, n: int = 1) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise DownloadCancelled(f"{self.desc} was cancelled; nothing was kept in the cache")
+        self.n += n
+        total = self.total or 0
+        self.report(min(self.n, total) if total else self.n, total)  # pooch counts whole chunks
+
+    def reset(self, total=None) -> None:
+        self.n = 0
+        if total is not None:
+            self.total = total
+
+    def close(self) -> None:
+        pass
 
 
 def get_cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -336,6 +379,7 @@ __all__ = [
     "REGISTRY",
     "SKIP_HASH_ENV",
     "ChecksumError",
+    "DownloadCancelled",
     "DownloadError",
     "Weights",
     "WeightsError",
@@ -345,4 +389,5 @@ __all__ = [
     "get_weights",
     "is_cached",
     "load_model",
+    "progress_callback",
 ]

@@ -169,3 +169,23 @@ def test_taking_back_mask_prompts_leaves_clicks_and_removes_mask_only_objects(mi
     assert back.removed == (6,) and session.obj_ids == (5,)
     assert session.mask_prompted(1) == set()
     np.testing.assert_allclose(back.result.logits[0], clicked.logits[0], atol=1e-4)
+
+
+def test_embed_ahead_is_the_trackers_own_embedding_computed_outside_the_lock(mini_model):
+    import torch
+
+    frames = np.random.default_rng(0).integers(0, 4000, (4, 40, 56)).astype(np.uint16)
+    session = PromptSession(mini_model, frames)
+    assert session.embed_ahead(2) and not session.embed_ahead(2)  # known now: not again
+    done = session.tracker._embeddings.computed
+    ahead = session.tracker._embedding(2)
+    assert session.tracker._embeddings.computed == done  # a click there encodes nothing
+    reference = PromptSession(mini_model, frames).tracker._embedding(2)
+    for a, b in ((ahead.features, reference.features), (ahead.high_res[0], reference.high_res[0])):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not session.embed_ahead(3, wanted=lambda: False)  # the user moved on
+    assert not session.tracker._embeddings.known(3)
+    session.embed(3, wanted=lambda: False)
+    assert not session.tracker._embeddings.known(3)
+    session.close()
+    assert not session.embed_ahead(1)

@@ -128,17 +128,18 @@ class PromptingMixin(UndoMixin):
         into ``step``) unless ``write`` is off (an undo puts the pixels back itself)."""
         points = L.point_rows(self.points, self.image_layer, self.geometry)
         boxes = L.box_rows(self.boxes, self.image_layer, self.geometry)
-        frames = sorted(
-            {r.frame for r in points} | {r.frame for r in boxes} | self.session.synced_frames()
-        )
         session = self.session
         self._sync_errors, self._sync_changed = [], False
+        self._sync_window = None
         propagations = self._propagations
 
         dtype = self.labels_layer.data.dtype
 
         def sync():
-            for frame in frames:
+            # in the worker: the session's frames need its lock, which an embedding or a
+            # propagated slice may hold for seconds (never wait for it on the event loop)
+            prompted = {r.frame for r in points} | {r.frame for r in boxes}
+            for frame in sorted(prompted | session.synced_frames()):
                 outcome = session.sync_frame(frame, points, boxes)
                 if outcome.result is not None or outcome.removed or outcome.errors:
                     yield outcome, Resolved.of(session, outcome.result, dtype)
@@ -174,6 +175,11 @@ class PromptingMixin(UndoMixin):
             self._sync_changed = True
         if outcome.result is not None and write:
             self.write_result(outcome.result, step=step, resolved=resolved)
+        if outcome.windows:  # tiles: the window that answered (the current object's, else last)
+            windows = dict(outcome.windows)
+            window = windows.get(int(self.obj_id.value), outcome.windows[-1][1])
+            self.outline.update(outcome.frame, window)
+            self._sync_window = window
 
     def _synced(self, propagations: int) -> None:
         """A sync finished: its errors, or what it changed (an undone click leaves stale
@@ -199,7 +205,11 @@ class PromptingMixin(UndoMixin):
         elif self._propagations != propagations or self.propagating:
             return
         elif self._sync_changed:
-            self.feedback.done(f"Ready · object {self.obj_id.value}.")
+            where = ""
+            if self._sync_window is not None:
+                r0, c0, r1, c1 = self._sync_window
+                where = f" · tiles: answered at full resolution in rows {r0}–{r1}, cols {c0}–{c1}"
+            self.feedback.done(f"Ready · object {self.obj_id.value}{where}.")
         else:
             self.feedback.say(f"Ready · object {self.obj_id.value}.")
 

@@ -12,6 +12,7 @@ import numpy as np
 from .feedback import EXPECTED_ERRORS
 
 SLOW_SLICE = 1.5  # seconds: above this, suggest a smaller input size
+AHEAD = (1, -1)  # after the slice shown, these neighbours are embedded in the background
 ESTIMATE_FROM = 2.0  # seconds: a run estimated to take longer says about how long
 
 
@@ -232,17 +233,39 @@ class PropagationMixin:
         self.viewer.dims.set_point(axis, world[self.geometry.stack_axis])
 
     def _on_slider(self, *_) -> None:
-        """Embed the slice now shown, in the background, so the first click on it is fast."""
-        if self.session is None or self.geometry.stack_axis is None or self.busy:
+        """Embed the slice now shown, in the background, so the first click on it is fast;
+        then (*embed the neighbouring slices ahead*) the slices next to it, outside the
+        session's lock, so that the next slice is ready before the user moves there. Moving
+        again cancels what the previous move had left to do."""
+        if self.session is None or self.geometry.stack_axis is None:
             return
-        frame = self.current_frame()
+        self._ahead_token += 1  # the previous move's embeddings are no longer wanted
+        if self.runner.workers - self._ahead_workers:  # a task, a click: as before, not now
+            return
+        frame, token, session = self.current_frame(), self._ahead_token, self.session
+        n = self.geometry.num_frames
+        ahead = [frame + d for d in AHEAD if 0 <= frame + d < n] if self.ahead.value else []
         started = time.perf_counter()
-        self.run(
-            self.session.embed,
-            frame,
-            quiet=True,
-            returned=lambda _: self._speed_hint(time.perf_counter() - started),
-        )
+
+        def wanted() -> bool:
+            return self._ahead_token == token
+
+        def embed():
+            session.embed(frame, wanted)
+            yield None  # the slice shown is ready
+            for f in ahead:
+                if not wanted():
+                    return
+                session.embed_ahead(f, wanted)
+                yield f
+
+        def shown(f) -> None:
+            if f is None:
+                self._speed_hint(time.perf_counter() - started)
+
+        worker = self.run(embed, quiet=True, yielded=shown)
+        self._ahead_workers.add(worker)
+        worker.finished.connect(lambda: self._ahead_workers.discard(worker))
 
     def _speed_hint(self, seconds: float) -> None:
         """After the first slice embedded on a CPU: how long a slice takes, and a faster size."""

@@ -61,14 +61,19 @@ class SessionMixin:
         key = (model.name, model.input_size, model.precision, model.compile, str(checkpoint))
         key = (*key, self.device.value)
         frames = saved.geometry.frames(data)
+        progress = self.download_progress(model.name)
 
         def prepare():
             session_folder.check_labels(saved)
             session_folder.check_image(saved, data.shape, bool(image.rgb), frames)
-            return self._load_model(key, checkpoint)
+            return self._load_model(key, checkpoint, progress)
 
         self.feedback.say(f"Checking the session in {folder} and loading {model.name}…")
-        self.run(prepare, returned=lambda m: self._load_checked(saved, image, key, checkpoint, m))
+        self.run(
+            prepare,
+            returned=lambda m: self._load_checked(saved, image, key, checkpoint, m),
+            finished=self._download_finished,
+        )
 
     def _load_checked(self, saved, image, key, checkpoint, model) -> None:
         """The folder and the image are good and the model is loaded: start on them."""

@@ -2,46 +2,37 @@
 
 Thin by design: prompts are read from napari layers (``layers.py``), all tracking logic is the
 Qt-free :class:`~napari_sam2.engine.session.PromptSession`, and everything slow runs on napari
-workers (``feedback.py``) with a progress bar and Cancel. Many objects (``objects.py``), the
+workers (``feedback.py``) with a progress bar and Cancel. Starting (the model loaded, the
+session opened, the SAM2 layers made: ``starting.py``), many objects (``objects.py``), the
 object list (``object_list.py``), saved sessions (``session_io.py``), the labels array
 (``labels_data.py``) and keyboard shortcuts (``shortcuts.py``) have modules of their own.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import napari
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from napari.layers import Image, Labels, Points, Shapes
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy, QTabWidget, QWidget
 
 from ..engine.session import PromptSession
-from ..engine.stack import StackError, StackGeometry
+from ..engine.stack import StackGeometry
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
 from ..model.precision import PRECISIONS
-from . import labels_data, shortcuts
-from . import layers as L
+from . import shortcuts
 from .export import LabelExport
-from .feedback import EXPECTED_ERRORS, Feedback, Runner
+from .feedback import Feedback, Runner
 from .lineage_tab import LineageTools
 from .object_edits import ObjectEditMixin
 from .object_list import ObjectList
 from .objects import ObjectTools
-from .prompting import META, PromptingMixin
+from .prompting import PromptingMixin
 from .propagation import PropagationMixin
 from .sessions import SessionMixin
+from .starting import StartMixin, full_resolution
 from .train_tab import TrainTab
-
-POINTS_NAME, BOXES_NAME, LABELS_NAME = "SAM2 clicks", "SAM2 boxes", "SAM2 labels"
-EMBEDDING_CACHE = 8  # slices whose image embedding is kept in RAM (LRU); all go to disk
-
-
-def _full_resolution(image: Image):
-    """The array SAM 2 reads: a multiscale image's finest level, else the data itself."""
-    return image.data[0] if image.multiscale else image.data
+from .window_outline import WindowOutline
 
 
 def _tip(text: str, method: str) -> str:
@@ -75,7 +66,9 @@ class _CloseWatcher(QObject):
         return False
 
 
-class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin, Container):
+class SAM2Widget(
+    StartMixin, PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin, Container
+):
     """Dock widget. ``viewer`` is the napari viewer it works on."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -100,6 +93,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         self._ready_note: str | None = None  # said instead of "Ready" after the next sync
         self._sync_errors: list[str] = []
         self._sync_changed = False
+        self._sync_window = None  # the window that answered the last sync (tiles)
         self._cancel_action = None  # what Cancel stops: a propagation, segment everything
         self._task: str | None = None  # the long task running (one at a time)
         self._prompted_meanwhile = False  # prompts changed during the propagation running
@@ -107,6 +101,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         self.status = self.feedback.status
         self.runner = Runner(self._on_error)
         self._init_history()
+        self._init_start()
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model_name = ComboBox(label="model", choices=MODEL_NAMES, value=DEFAULT_MODEL)
@@ -140,6 +135,10 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
             "Off: an image's existing SAM2 layers are resumed from. On: new layers are made"
         )
         self.start_button = PushButton(text="Start segmenting")
+        self.cancel_download = PushButton(text="Cancel", enabled=False)
+        self.cancel_download.tooltip = _tip(
+            "Stop the model's download (nothing is kept in the cache)", "cancel"
+        )
         self.obj_id = SpinBox(label="object id", min=1, max=2**31 - 1, value=1)
         self.new_object = PushButton(text="New object")
         self.new_object.tooltip = _tip("The next unused object id", "next_object")
@@ -165,6 +164,13 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         )
         self.first = SpinBox(label="from slice (-1: auto)", min=-1, max=10_000_000, value=-1)
         self.last = SpinBox(label="to slice (-1: end)", min=-1, max=10_000_000, value=-1)
+        self.outline = WindowOutline(self)
+        self.ahead = CheckBox(label="embed the neighbouring slices ahead", value=True)
+        self.ahead.tooltip = (
+            "In the background, so that a click on the next (or previous) slice is fast"
+        )
+        self._ahead_token = 0  # counts slider moves: a move cancels the previous one's work
+        self._ahead_workers: set = set()
         self.follow = CheckBox(label="follow the propagation", value=False)
         self.follow.tooltip = "Move the slider to each slice as it is written"
         self.propagate_button = PushButton(text="Propagate")
@@ -176,6 +182,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
             "Stop segment everything after the batch of clicks in progress", "cancel"
         )
         self.cancel_buttons = {
+            "Start": self.cancel_download,
             "Segment": self.cancel_button,
             "Many objects": self.cancel_everything,
         }
@@ -197,12 +204,12 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
                 "Start",
                 [self.image, self.model_name, self.checkpoint, self.device, self.input_size,
                  self.precision, self.compile, self.embeddings, self.stack_axis,
-                 self.new_labels, self.start_button],
+                 self.new_labels, self.start_button, self.cancel_download],
             ),
             (
                 "Segment",
                 [self.obj_id, self.new_object, self.negative, self.undo, self.undo_button,
-                 self.redo_button, self.object_list,
+                 self.redo_button, self.outline.show, self.ahead, self.object_list,
                  self.direction, self.first, self.last, self.follow,
                  *self.lineage.options_widgets, self.propagate_button, self.cancel_button],
             ),
@@ -239,6 +246,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
         self.cancel_everything.changed.connect(self.cancel)
+        self.cancel_download.changed.connect(self.cancel)
         self.stack_axis.changed.connect(self._on_axis_choice)
         self.save_button.changed.connect(self.save_session)
         self.load_button.changed.connect(self.load_session)
@@ -269,7 +277,7 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
         n = layer.ndim - 2
         if n <= 0:
             return [("single image", -1)]
-        shape = _full_resolution(layer).shape
+        shape = full_resolution(layer).shape
         offset = self.viewer.dims.ndim - layer.ndim
         labels = self.viewer.dims.axis_labels
         choices = []
@@ -307,210 +315,6 @@ class SAM2Widget(PromptingMixin, ObjectEditMixin, PropagationMixin, SessionMixin
             f"This session tracks along axis {tracked}; 'track along' axis {axis} applies "
             "when you press Start again, which ends this session (save it first: Session tab)."
         )
-
-    # ------------------------------------------------------------------ start
-    def start(self, *_) -> None:
-        """Load the model (in the background) and set up (or resume) the SAM2 layers."""
-        image = self.image.value
-        if image is None:
-            self.feedback.error("Open an image first (File → Open Sample → SAM 2 has examples).")
-            return
-        try:
-            geometry = self._geometry_for(image)
-        except StackError as e:
-            self.feedback.error(e)
-            return
-        checkpoint = self.checkpoint.value
-        checkpoint = None if checkpoint in (None, "") or Path(checkpoint).is_dir() else checkpoint
-        key = (*self.model_settings().values(), str(checkpoint), self.device.value)
-        self.feedback.say(f"Loading {self.model_name.value}…")
-        frames, store = geometry.frames(_full_resolution(image)), self._store_choice()
-        self.run(  # the tracker too: it reads slices for the intensity window
-            lambda: self._open_session(self._load_model(key, checkpoint), frames, store),
-            returned=lambda session: self._begin(
-                image, geometry, session.tracker.model, key, session
-            ),
-        )
-
-    def model_settings(self) -> dict:
-        """The model of the session running (else the one chosen): name, input size, precision."""
-        model = self.session.tracker.model if self.session is not None else None
-        if model is not None:
-            return {
-                "name": model.config.name,
-                "input_size": int(model.config.image_size),
-                "precision": model.precision,
-                "compile": bool(model.compiled),
-            }
-        return {
-            "name": self.model_name.value,
-            "input_size": int(self.input_size.value),
-            "precision": self.precision.value,
-            "compile": bool(self.compile.value),
-        }
-
-    def use_model(self, model, image: Image | None = None) -> None:
-        """Start with an already loaded model (scripts and tests); synchronous."""
-        image = image or self.image.value
-        self._begin(image, self._geometry_for(image), model, ("given",))
-
-    def _load_model(self, key, checkpoint):
-        if key not in self._models:
-            import napari_sam2 as ns
-
-            name, size, precision, compile_, _, device = key
-            self._models[key] = ns.load_model(
-                name,
-                checkpoint=checkpoint,
-                device=None if device == "auto" else device,
-                image_size=int(size),
-                precision=precision,
-                compile=compile_,
-            )
-        return self._models[key]
-
-    def _geometry_for(self, image: Image) -> StackGeometry:
-        shape = tuple(_full_resolution(image).shape)
-        lead = image.ndim - 2
-        displayed = tuple(self.viewer.dims.displayed[-2:]) if self.viewer.dims.ndisplay == 2 else ()
-        offset = self.viewer.dims.ndim - image.ndim
-        if displayed and tuple(d - offset for d in displayed) != (image.ndim - 2, image.ndim - 1):
-            raise StackError("Show the last two axes (Y, X) in 2-D view to segment slices.")
-        if lead <= 0:
-            return StackGeometry(shape, bool(image.rgb))
-        axis = self.stack_axis.value
-        axis = 0 if axis is None or axis < 0 else int(axis)
-        position = np.round(image.world_to_data(self.viewer.dims.point)).astype(int)
-        fixed = {a: int(np.clip(position[a], 0, shape[a] - 1)) for a in range(lead) if a != axis}
-        return StackGeometry(shape, bool(image.rgb), axis, fixed)
-
-    def _store_choice(self) -> str | None:
-        store = self.embeddings.value
-        return None if store in (None, "") or str(store) in ("", ".") else str(store)
-
-    @staticmethod
-    def _open_session(model, frames, store) -> PromptSession:
-        return PromptSession(model, frames, feature_cache=EMBEDDING_CACHE, embeddings=store)
-
-    def _begin(self, image: Image, geometry: StackGeometry, model, key, session=None) -> None:
-        self.end_session(None)
-        resume = None if self.new_labels.value else self._sam2_layers(image, geometry)
-        try:
-            if session is None:
-                frames = geometry.frames(_full_resolution(image))
-                session = self._open_session(model, frames, self._store_choice())
-            if not (resume and "labels" in resume):
-                self.labels_data = labels_data.allocate(geometry)
-        except EXPECTED_ERRORS as e:  # a store made for another image; no memory for labels
-            self.feedback.error(e)
-            return session.close() if session is not None else None
-        self.session, self.image_layer, self.geometry = session, image, geometry
-        common = {
-            "scale": image.scale[: geometry.ndim_spatial],
-            "translate": image.translate[: geometry.ndim_spatial],
-        }
-        self._make_layers(image, geometry, common, resume or {})
-        self._update_defaults()
-        self.points.mode = "add"
-        self.viewer.layers.selection.active = self.points
-        self._set_session_enabled(True)
-        self._enable_task_buttons()
-        self.direction.enabled = self.first.enabled = self.last.enabled = geometry.num_frames > 1
-        what = f"{key[0]} ready · {geometry.num_frames} slice(s)"
-        if resume:
-            what += f" · resumed from the SAM2 layers of '{image.name}'"
-        message = f"{what}. Click on an object (object {self.obj_id.value})."
-        if resume:
-            self._ready_note = message  # said again once the layers' prompts are synced
-            self._resume(resume)
-        self.feedback.done(message)
-        self.tabs.setCurrentWidget(self.pages["Segment"].native)
-        self.refresh_objects()
-        if self._after_begin is not None:
-            after, self._after_begin = self._after_begin, None
-            after()
-        self._start_history()
-        self._on_slider()
-
-    def _make_layers(self, image, geometry, common, resume: dict) -> None:
-        ndim = geometry.ndim_spatial
-        tag = {"image": image.name}
-        if "labels" in resume:
-            self.labels_layer = resume["labels"]
-        else:
-            name = LABELS_NAME if LABELS_NAME not in self.viewer.layers else None
-            self.labels_layer = self.viewer.add_labels(
-                self.labels_data.array,
-                name=name or f"{LABELS_NAME} {len(self.viewer.layers)}",
-                metadata={META: {**tag, "role": "labels", "mask_prompts": {}}},
-                **common,
-            )
-        self.labels_layer.events.paint.connect(self.objects.on_paint)
-        self.labels_layer.events.paint.connect(self.note_prompt_change)
-        self.objects.source.reset_choices()
-        size = max(6.0, round(min(geometry.spatial_shape) / 80))  # visible on large images
-        if "clicks" in resume:
-            self.points = resume["clicks"]
-        else:
-            self.points = self.viewer.add_points(
-                np.zeros((0, ndim)),
-                ndim=ndim,
-                name=POINTS_NAME,
-                size=size,
-                metadata={META: {**tag, "role": "clicks"}},
-                features={L.OBJ_ID: np.zeros(0, int), L.POSITIVE: np.zeros(0, bool)},
-                **common,
-            )
-        self.points.events.data.connect(self._on_prompts_changed)
-        self.points.events.data.connect(self.note_prompt_change)
-        # Before napari's own add-point handler: Shift makes this click negative.
-        self.points.mouse_drag_callbacks.insert(0, self._polarity_from_modifiers)
-        if "boxes" in resume:
-            self.boxes = resume["boxes"]
-        else:
-            self.boxes = self.viewer.add_shapes(
-                ndim=ndim,
-                name=BOXES_NAME,
-                edge_color="yellow",
-                face_color="transparent",
-                edge_width=max(2.0, size / 3),
-                metadata={META: {**tag, "role": "boxes"}},
-                features={L.OBJ_ID: np.zeros(0, int)},
-                **common,
-            )
-        self.boxes.events.data.connect(self._on_prompts_changed)
-        self.boxes.events.data.connect(self.note_prompt_change)
-
-    def end_session(self, message: str | None = "Pick an image and press Start.") -> None:
-        """Stop background work and forget the tracker (the layers stay, and a later Start on
-        the same image resumes from them)."""
-        self.runner.stop_all()
-        if self.session is not None:
-            self.session.close()
-        if self.labels_layer is not None:
-            for handler in (self.objects.on_paint, self.note_prompt_change):
-                try:
-                    self.labels_layer.events.paint.disconnect(handler)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
-        self._stop_history()
-        for layer in (self.points, self.boxes):
-            if layer is not None:
-                for handler in (self._on_prompts_changed, self.note_prompt_change):
-                    try:
-                        layer.events.data.disconnect(handler)
-                    except (TypeError, ValueError, RuntimeError):
-                        pass
-                if self._polarity_from_modifiers in layer.mouse_drag_callbacks:
-                    layer.mouse_drag_callbacks.remove(self._polarity_from_modifiers)
-        self.session, self.image_layer = None, None
-        self.points = self.boxes = None
-        self._labelled = {}
-        self._set_session_enabled(False)
-        self.end_progress()
-        if message:
-            self.feedback.done(message)
-        self.refresh_objects()
 
     def _on_layers_changed(self, *_) -> None:
         self.image.reset_choices()

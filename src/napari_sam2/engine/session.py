@@ -7,11 +7,14 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..model import SAM2Model
 from .prompts import PromptError
 from .reruns import rename_tracked
+from .tiles import Window
 from .video import FrameResult, VideoTracker, frames_in
+from .windowed_prompts import WindowedPrompts
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class SyncResult:
     result: FrameResult | None
     removed: tuple[int, ...]
     errors: tuple[tuple[int, str], ...] = ()
+    windows: tuple[tuple[int, Window], ...] = ()  # (object id, the window that answered it)
 
 
 class PromptSession:
@@ -59,12 +63,20 @@ class PromptSession:
     (segment everything, a Cellpose layer, painted corrections). An object's prompt on a frame is
     then its mask, refined by its clicks there, if any; the mask stays when the clicks go.
 
+    Big frames: with ``tiles`` (``True``, or ``"auto"``: frames larger than 1.5 times the
+    model's input on a side) clicks and boxes are answered at native resolution, in the window
+    of ``tile`` pixels (default: the model's input) that holds them best, and that mask
+    prompts the tracker (see ``windowed_prompts.py``). ``tiled`` says whether it applies.
+
     Calls are serialised by a lock, so a front end may call from worker threads (e.g. a click
     while a propagation runs waits for the frame in progress).
     """
 
-    def __init__(self, model: SAM2Model, frames, **tracker_options) -> None:
+    def __init__(
+        self, model: SAM2Model, frames, *, tiles=False, tile=None, halo=None, **tracker_options
+    ) -> None:
         self.tracker = VideoTracker(model, frames, **tracker_options)
+        self.windows = WindowedPrompts(self.tracker, tiles, tile, halo)
         self.lock = threading.RLock()
         self._synced: dict[tuple[int, int], tuple] = {}  # (frame, obj_id) -> prompt signature
         # frame -> the label image its mask prompts were taken from, and the ids taken
@@ -83,6 +95,7 @@ class PromptSession:
             masked = self.mask_prompted(frame)
             changed = False
             errors = []
+            answered = []
             for obj_id, (clicks, box) in wanted.items():
                 signature = (
                     tuple((p.row, p.col, p.positive) for p in clicks),
@@ -97,10 +110,14 @@ class PromptSession:
                     continue
                 self._synced[(frame, obj_id)] = signature
                 changed = True
+                window = self.windows.window(frame, obj_id)
+                if window is not None:
+                    answered.append((obj_id, window))
             removed = []
             for f, obj_id in list(self._synced):
                 if f == frame and obj_id not in wanted:
                     del self._synced[(f, obj_id)]
+                    self.windows.forget(frame, obj_id)
                     changed = True
                     if obj_id in masked:  # the clicks went, the mask stays
                         self._prompt(frame, obj_id, [], None, True)
@@ -111,8 +128,8 @@ class PromptSession:
                         self.tracker.clear_prompts(frame, obj_id)
             result = None
             if changed and self.tracker.obj_ids:
-                result = self.tracker.result(frame)  # every object's current mask on this frame
-            return SyncResult(frame, result, tuple(removed), tuple(errors))
+                result = self._result(frame)  # every object's current mask on this frame
+            return SyncResult(frame, result, tuple(removed), tuple(errors), tuple(answered))
 
     def add_label_prompts(self, frame: int, labels: np.ndarray, obj_ids=None) -> SyncResult:
         """Make each id of ``labels`` (or only ``obj_ids``) an object prompted by its mask on
@@ -129,10 +146,11 @@ class PromptSession:
             _, before = self._label_prompts.get(frame, (None, set()))
             self._label_prompts[frame] = (labels, before | set(res.obj_ids))
             for obj_id in res.obj_ids:
+                self.windows.forget(frame, obj_id)  # the mask is its prompt now
                 signature = self._synced.get((frame, obj_id))
                 if signature is not None:
                     self._refine(frame, obj_id, *signature)
-            result = self.tracker.result(frame) if self.tracker.obj_ids else None
+            result = self._result(frame) if self.tracker.obj_ids else None
             return SyncResult(frame, result, tuple(res.dropped))
 
     def segment_everything(self, frame: int, progress=None, **options) -> list:
@@ -152,6 +170,7 @@ class PromptSession:
         with self.lock:
             for key in [k for k in self._synced if k[1] == obj_id]:
                 del self._synced[key]
+            self.windows.forget(obj_id=obj_id)
             for frame, (_, ids) in list(self._label_prompts.items()):
                 ids.discard(obj_id)
                 if not ids:
@@ -172,14 +191,13 @@ class PromptSession:
             for obj_id in sorted(gone):
                 signature = self._synced.get((frame, obj_id))
                 if signature is not None:
-                    points, box = signature
-                    self.tracker.add_prompt(frame, obj_id, *_clicks(points, box), replace=True)
+                    self._prompt_clicks(frame, obj_id, *signature)
                 elif not self._has_prompts(obj_id):
                     self.tracker.remove_object(obj_id)
                     removed.append(obj_id)
                 else:
                     self.tracker.clear_prompts(frame, obj_id)
-            result = self.tracker.result(frame) if gone and self.tracker.obj_ids else None
+            result = self._result(frame) if gone and self.tracker.obj_ids else None
             return SyncResult(frame, result, tuple(removed))
 
     def mask_prompted(self, frame: int) -> set[int]:
@@ -206,7 +224,23 @@ class PromptSession:
             self.tracker.add_labels(frame, labels, [obj_id], allow_absent=True)
             self._refine(frame, obj_id, points, box)
         else:
+            self._prompt_clicks(frame, obj_id, points, box)
+
+    def _prompt_clicks(self, frame, obj_id, points, box) -> None:
+        """The object's clicks and box on ``frame`` replace its prompt there: in a native
+        window on a big frame (tiles), else in the tracker."""
+        if not self.windows.prompt(frame, obj_id, points, box):
             self.tracker.add_prompt(frame, obj_id, *_clicks(points, box), replace=True)
+            self.windows.forget(frame, obj_id)
+
+    def _result(self, frame: int) -> FrameResult:
+        """Every object's current mask on ``frame`` (windowed answers at native resolution)."""
+        return self.windows.result(self.tracker.result(frame))
+
+    @property
+    def tiled(self) -> bool:
+        """Whether prompts on this stack's frames are answered in native-resolution windows."""
+        return self.windows.on
 
     def _refine(self, frame, obj_id, points, box) -> None:
         """Clicks (and a box) on top of the object's current mask on ``frame``."""
@@ -218,12 +252,36 @@ class PromptSession:
         with self.lock:
             return {frame for frame, _ in self._synced}
 
-    def embed(self, frame: int) -> None:
+    def embed(self, frame: int, wanted=None) -> None:
         """Compute (and cache) the embedding of ``frame`` ahead of a click on it. A no-op once
-        the session is closed: a background embedding may outlive its session."""
+        the session is closed (a background embedding may outlive its session), or when
+        ``wanted()`` has turned false by the time the lock is free (the user moved on)."""
         with self.lock:
-            if not self.tracker.closed:
+            if not self.tracker.closed and (wanted is None or wanted()):
                 self.tracker.embed(frame)
+
+    def embed_ahead(self, frame: int, wanted=None) -> bool:
+        """Compute the embedding of ``frame`` (a slice next to the one shown) *outside* the
+        lock, so that clicks and propagation go on meanwhile; only handing it to the tracker
+        holds the lock. The same embedding as :meth:`embed` (the tracker's own preparation and
+        encoder). Nothing is done when the frame is embedded already, the session is closed,
+        or ``wanted()`` is false before the work starts. True if it computed one."""
+        tracker = self.tracker
+        with self.lock:
+            if tracker.closed or (wanted is not None and not wanted()):
+                return False
+            if tracker._embeddings.known(frame):
+                return False
+        x, pixels = tracker._prepare(frame)  # reads the frame: no tracker state touched
+        if wanted is not None and not wanted():
+            return False
+        with torch.inference_mode():
+            emb = tracker.model.encode_image(x.to(tracker.model.device))
+        with self.lock:
+            if tracker.closed:
+                return False
+            tracker._embeddings.get(frame, lambda _: (emb, pixels), tracker.model.device)
+        return True
 
     def propagate(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage):
         """Like :meth:`VideoTracker.propagate` (of ``obj_ids`` only, if given; ``lineage``: its
@@ -234,7 +292,7 @@ class PromptSession:
         while True:
             with self.lock:
                 try:
-                    result = next(run)
+                    result = self.windows.result(next(run))
                 except StopIteration:
                     return
             try:
@@ -280,6 +338,7 @@ class PromptSession:
                 raise ValueError(f"object id {new} is in use; choose an unused id")
             if old in self.tracker.obj_ids:
                 rename_tracked(self.tracker, old, new)
+            self.windows.rename(old, new)
             for (frame, obj_id), signature in list(self._synced.items()):
                 if obj_id == old:
                     del self._synced[(frame, obj_id)]
@@ -294,6 +353,7 @@ class PromptSession:
     def close(self) -> None:
         with self.lock:
             self.tracker.close()
+            self.windows.close()
 
 
 def _clicks(points, box):

@@ -1,0 +1,73 @@
+"""Big slices in the widget (tiles on by default): a click is answered at native resolution in
+the window that holds it (outlined in *SAM2 window*), anywhere on the slice, and the clicked
+masks still start the propagation. The 128-pixel test model tiles 600 x 700 slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qt_helpers import click, started, wait
+
+pytestmark = pytest.mark.display
+
+
+def big_slices(t=3, h=600, w=700):
+    rr, cc = np.mgrid[:h, :w]
+    data = np.full((t, h, w), 300, np.uint16)
+    for i in range(t):
+        data[i][(rr - 60) ** 2 + (cc - 80 - i) ** 2 < 10**2] = 3000
+        data[i][(rr - 520 - i) ** 2 + (cc - 610) ** 2 < 12**2] = 3000
+    return data
+
+
+def _outside(mask, window):
+    r0, c0, r1, c1 = window
+    inside = np.zeros_like(mask)
+    inside[r0:r1, c0:c1] = True
+    return mask & ~inside
+
+
+def test_clicks_on_a_big_slice_are_answered_in_windows_and_start_propagation(
+    make_napari_viewer, qtbot, model
+):
+    viewer, widget = started(make_napari_viewer, qtbot, model, big_slices())
+    assert widget.session.tiled and "tiles on" in widget.status.value
+    assert "600×700" in widget.status.value and "128-pixel windows" in widget.status.value
+    click(qtbot, widget, 0, 520, 610)  # far from the first window, bottom right
+    first = widget.session.windows.window(0, 1)
+    r0, c0, r1, c1 = first
+    assert r0 <= 520 < r1 and c0 <= 610 < c1 and (r1 - r0, c1 - c0) == (128, 128)
+    labels0 = np.asarray(widget.labels_layer.data[0]).copy()
+    assert (labels0 == 1).any() and not _outside(labels0 == 1, first).any()
+    assert f"rows {r0}–{r1}, cols {c0}–{c1}" in widget.status.value
+    outline = widget.outline.layer
+    assert outline is not None and outline.visible and len(outline.data) == 1
+    corners = outline.data[0]
+    assert np.allclose(corners[:, 0], 0)  # on slice 0
+    assert np.allclose(corners[:, 1:].min(0), [r0 - 0.5, c0 - 0.5])
+    assert np.allclose(corners[:, 1:].max(0), [r1 - 0.5, c1 - 0.5])
+    assert viewer.layers.selection.active is widget.points  # the next click is a click
+
+    widget.next_object()
+    click(qtbot, widget, 0, 60, 80)  # top left, another window
+    second = widget.session.windows.window(0, 2)
+    assert second != first and second[0] <= 60 < second[2] and second[1] <= 80 < second[3]
+    assert np.allclose(widget.outline.layer.data[0][:, 1:].min(0), np.array(second[:2]) - 0.5)
+    labels0 = np.asarray(widget.labels_layer.data[0]).copy()
+    assert (labels0 == 2).any() and not _outside(labels0 == 2, second).any()
+
+    widget.propagate()
+    wait(qtbot, widget)
+    np.testing.assert_array_equal(widget.labels_layer.data[0], labels0)  # kept, native
+    for t in (1, 2):
+        assert {1, 2} <= set(np.unique(widget.labels_layer.data[t]).tolist())
+    widget.outline.show.value = False
+    assert not widget.outline.layer.visible
+
+
+def test_small_slices_are_not_tiled_and_get_no_outline(make_napari_viewer, qtbot, model):
+    data = big_slices(h=150, w=170)  # within 1.5 x 128
+    viewer, widget = started(make_napari_viewer, qtbot, model, data)
+    assert not widget.session.tiled and "tiles" not in widget.status.value
+    click(qtbot, widget, 0, 60, 80)
+    assert widget.outline.layer is None and "SAM2 window" not in viewer.layers
