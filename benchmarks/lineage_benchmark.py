@@ -4,22 +4,24 @@ cells that enter), scored against its ground truth with traccuracy's CTC metrics
 
     PYTHONPATH=src python benchmarks/lineage_benchmark.py train --out /tmp/lineage_decoder.pt \
         [--train decoder] [--lr 1e-3] [--steps 300] [--minutes 35] [--size 256] [--images]
-    PYTHONPATH=src python benchmarks/lineage_benchmark.py track [--checkpoint /tmp/x.pt] \
-        [--seed 0] [--new-objects 5] [--size 256] [--start labels|auto]
+    PYTHONPATH=src python benchmarks/lineage_benchmark.py track [--checkpoint A.pt B.pt ...] \
+        [--seed 0] [--new-objects 5] [--size 256] [--oracle] [--save FOLDER]
 
 ``train`` fine-tunes random-weight sam2.1 tiny (the weights ``benchmarks/train_benchmark.py``
 starts from) on four training movies of the same generator (seeds 101-104, never the benchmark's
 movie), with each daughter labelled with its mother's id (the tracker is meant to follow a
 dividing cell onto both daughters; the lineage cuts the mask), and stops after ``--minutes``
 (the weights of the last step are then written: the run's resumable state holds them).
-``track`` prompts the ground-truth labels of frame 0 (``--start labels``, as a user starting from
-a Cellpose segmentation) or nothing (``--start auto``: segment everything finds the cells on
-frame 0), tracks forward with ``new_objects=N`` and ``divisions=True``, writes the result and
+``track`` prompts the ground-truth labels of frame 0 (as a user starting from a Cellpose
+segmentation), tracks forward with ``new_objects=N`` and ``divisions=True``, writes the result and
 the ground truth in the CTC format with ``ns.write_ctc`` and reports traccuracy's DET, TRA
 and LNK (``CTCMetrics``, CTC matching), SEG (the CTC definition: mean IoU of each ground-truth
 cell with the predicted cell covering more than half of it, 0 if none; computed here, traccuracy
 has no SEG) and division F1 (``DivisionMetrics`` on one-to-one IoU > 0.5 matching, with a
-frame tolerance of 0 and of 2). Without ``--checkpoint`` it tracks with the random weights.
+frame tolerance of 0 and of 2). Without ``--checkpoint`` it tracks with the random weights; an
+official checkpoint works too (``--checkpoint sam2.1_hiera_tiny.pt --size 1024``). ``--oracle``
+also scores the ground truth against itself and a perfect tracker through our lineage rules.
+Set ``TQDM_DISABLE=1`` to silence traccuracy's progress bars.
 
 Everything runs on one thread (``torch.set_num_threads(1)``; also set ``OMP_NUM_THREADS=1``).
 """
