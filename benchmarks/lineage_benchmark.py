@@ -3,7 +3,8 @@ synthetic lineage time-lapse (``_sample_lineage.synthetic_lineage``: cells that 
 cells that enter), scored against its ground truth with traccuracy's CTC metrics.
 
     PYTHONPATH=src python benchmarks/lineage_benchmark.py train --out /tmp/lineage_decoder.pt \
-        [--train decoder] [--lr 1e-3] [--steps 300] [--minutes 35] [--size 256] [--images]
+        [--train decoder] [--lr 1e-3] [--steps 300] [--minutes 35] [--size 256] [--images] \
+        [--checkpoint START.pt]
     PYTHONPATH=src python benchmarks/lineage_benchmark.py track [--checkpoint A.pt B.pt ...] \
         [--seed 0] [--new-objects 5] [--size 256] [--oracle] [--save FOLDER]
 
@@ -241,7 +242,7 @@ def train(args) -> None:
             stacks,
             labels,
             out,
-            checkpoint=base_checkpoint(),
+            checkpoint=Path(args.checkpoint) if args.checkpoint else base_checkpoint(),
             image_size=args.size,
             steps=args.steps,
             train=args.train,
@@ -279,6 +280,7 @@ def main() -> None:
     t.add_argument("--clip-frames", type=int, default=4)
     t.add_argument("--val-every", type=int, default=50)
     t.add_argument("--images", action="store_true", help="train on frames, not 4-frame clips")
+    t.add_argument("--checkpoint", help="start from these weights (default: the random ones)")
     k = sub.add_parser("track")
     k.add_argument("--checkpoint", nargs="*", help="trained .pt files (none: random weights)")
     k.add_argument("--seed", type=int, default=0, help="of the benchmark movie")
