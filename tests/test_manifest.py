@@ -20,6 +20,7 @@ def test_manifest_validates():
     samples = {
         "napari-sam2.sample_stack": "napari_sam2._sample_data:make_sample_stack",
         "napari-sam2.sample_timelapse": "napari_sam2._sample_data:make_sample_timelapse",
+        "napari-sam2.sample_lineage": "napari_sam2._sample_lineage:make_sample_lineage",
     }
     widget = {"napari-sam2.widget": "napari_sam2._qt.widget:SAM2Widget"}
     writer = {"napari-sam2.write_labels": "napari_sam2._writer:write_labels"}

@@ -72,10 +72,7 @@ def synthetic_cells(
         cells.append(cell)
 
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    # Uneven illumination: a faint, fixed vignette, as on a real widefield microscope.
-    vignette = 1.0 - 0.08 * (
-        ((rows - height / 2) / height) ** 2 + ((cols - width / 2) / width) ** 2
-    )
+    vignette = _vignette(height, width)
 
     frames = np.empty((n_frames, height, width), dtype=np.float64)
     for t in range(n_frames):
@@ -85,11 +82,25 @@ def synthetic_cells(
             np.maximum(
                 signal, _render_cell(cell, t, n_frames, rows, cols, height, width), out=signal
             )
-        expected = (_BACKGROUND + signal) * vignette
-        # Shot noise (variance = mean, in counts) plus read noise; gaussian is close enough here.
-        noisy = expected + rng.normal(size=expected.shape) * np.sqrt(expected + _READ_NOISE**2)
-        frames[t] = noisy
+        frames[t] = _camera(signal, vignette, rng)
+    return _as_dtype(frames, dtype)
 
+
+def _vignette(height: int, width: int) -> np.ndarray:
+    """Uneven illumination: a faint, fixed vignette, as on a real widefield microscope."""
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    return 1.0 - 0.08 * (((rows - height / 2) / height) ** 2 + ((cols - width / 2) / width) ** 2)
+
+
+def _camera(signal: np.ndarray, vignette: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One noisy frame of ``signal`` (counts above background)."""
+    expected = (_BACKGROUND + signal) * vignette
+    # Shot noise (variance = mean, in counts) plus read noise; gaussian is close enough here.
+    return expected + rng.normal(size=expected.shape) * np.sqrt(expected + _READ_NOISE**2)
+
+
+def _as_dtype(frames: np.ndarray, dtype) -> np.ndarray:
+    """Integer dtypes rounded and clipped to their range; float dtypes cast."""
     out_dtype = np.dtype(dtype)
     if np.issubdtype(out_dtype, np.integer):
         info = np.iinfo(out_dtype)
@@ -150,6 +161,19 @@ def _render_cell(
         ]
     )
 
+    return _cell_signal(center, semi_axes, cell, rows, cols)[0]
+
+
+def _cell_signal(
+    center: np.ndarray,
+    semi_axes: np.ndarray,
+    cell: _Cell,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signal (counts above background) of ``cell`` drawn at ``center`` with ``semi_axes``
+    (its angle, brightness and texture from ``cell``), and its edge profile (1 inside the
+    ellipse, a gaussian fall-off outside: ``profile > 0.5`` is the cell's half-maximum extent)."""
     # Coordinates in the cell's own frame: the texture moves and turns with the cell.
     cos_a, sin_a = np.cos(cell.angle), np.sin(cell.angle)
     d_row, d_col = rows - center[0], cols - center[1]
@@ -168,7 +192,7 @@ def _render_cell(
     # A slightly brighter middle, as a nucleus-stained cell looks.
     texture *= 1.0 + 0.15 * np.exp(-0.5 * (radius / 0.45) ** 2)
 
-    return cell.brightness * profile * texture
+    return cell.brightness * profile * texture, profile
 
 
 def _bounce(position: float, low: float, high: float) -> float:
