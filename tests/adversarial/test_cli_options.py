@@ -85,3 +85,30 @@ def test_view_opens_an_image_napari_reads_in_the_viewer(
         np.testing.assert_array_equal(viewer.layers["s"].data, moving_disc(4))
     finally:
         viewer.close()
+
+
+@handled
+@pytest.mark.display  # napari's canvas needs OpenGL: under xvfb-run
+def test_view_opens_the_lineage_sample_with_its_ground_truth_labels(
+    monkeypatch, capsys, random_tiny_checkpoint
+):
+    """`view --sample lineage` shows the movie as an image and its ground truth as labels."""
+    import napari
+
+    monkeypatch.setattr(napari, "run", lambda: None)
+    code, err = run(
+        ["view", "--sample", "lineage", "--checkpoint", random_tiny_checkpoint], capsys
+    )
+    viewer = napari.current_viewer()
+    try:
+        assert code == 0, err
+        kinds = {layer.name: type(layer).__name__ for layer in viewer.layers}
+        assert kinds == {
+            "SAM2 sample: lineage": "Image",
+            "SAM2 sample: lineage ground truth": "Labels",
+        }
+        truth = viewer.layers["SAM2 sample: lineage ground truth"].data
+        assert truth.shape == viewer.layers["SAM2 sample: lineage"].data.shape
+        assert truth.max() > 0
+    finally:
+        viewer.close()

@@ -328,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("image", nargs="?", help="a file to open (default: the sample)")
     view.add_argument(
         "--sample",
-        choices=["stack", "timelapse"],
+        choices=["stack", "timelapse", "lineage"],
         default="stack",
-        help="which synthetic sample to open when no file is given",
+        help="which synthetic sample to open when no file is given (lineage: dividing and "
+        "entering cells with their ground-truth labels)",
     )
     view.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     view.add_argument("--checkpoint", metavar="PATH", help="official .pt file (skips download)")

@@ -162,19 +162,24 @@ def view(args: argparse.Namespace) -> int:
 
     from .._qt.widget import SAM2Widget
     from .._sample_data import make_sample_stack, make_sample_timelapse
+    from .._sample_lineage import make_sample_lineage
 
     viewer = napari.Viewer(title="napari-sam2")
-    if layers is not None:
-        from napari.layers import Layer
+    from napari.layers import Layer
 
+    if layers is not None:
         for layer_data in layers:
             data, meta, kind = (*layer_data, None, None)[:3]
             meta = {"name": Path(args.image).stem, **(meta or {})}
             viewer.add_layer(Layer.create(data, meta, kind or "image"))
     else:
-        make = make_sample_stack if args.sample == "stack" else make_sample_timelapse
-        for data, meta, _ in make():
-            viewer.add_image(data, **meta)
+        samples = {
+            "stack": make_sample_stack,
+            "timelapse": make_sample_timelapse,
+            "lineage": make_sample_lineage,
+        }
+        for data, meta, kind in samples[args.sample]():
+            viewer.add_layer(Layer.create(data, meta, kind))
     widget = SAM2Widget(viewer)
     widget.model_name.value = args.model
     widget.checkpoint.value = checkpoint
