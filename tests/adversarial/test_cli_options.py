@@ -96,9 +96,7 @@ def test_view_opens_the_lineage_sample_with_its_ground_truth_labels(
     import napari
 
     monkeypatch.setattr(napari, "run", lambda: None)
-    code, err = run(
-        ["view", "--sample", "lineage", "--checkpoint", random_tiny_checkpoint], capsys
-    )
+    code, err = run(["view", "--sample", "lineage", "--checkpoint", random_tiny_checkpoint], capsys)
     viewer = napari.current_viewer()
     try:
         assert code == 0, err
