@@ -5,6 +5,7 @@ generalisation on the sample time-lapse (train on some frames and objects, measu
     PYTHONPATH=src python benchmarks/train_benchmark.py speed [--sizes 256 512] [--steps 5]
     PYTHONPATH=src python benchmarks/train_benchmark.py random [--steps 600] [--size 256]
         [--modes decoder lora all] [--lr 1e-3] [--val-every 50]
+        [--base CKPT] [--save DIR] [--data-seed 0]
     PYTHONPATH=src python benchmarks/train_benchmark.py timelapse [--steps 150] [--size 256]
         [--modes decoder] [--lr 1e-3] [--clip-frames 4]
     PYTHONPATH=src python benchmarks/train_benchmark.py rss --sizes 256 512 1024 [--steps 3]
@@ -133,16 +134,17 @@ def curve(report) -> str:
 
 def from_random(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        base = random_checkpoint(Path(tmp))
-        images, labels = synthetic(4, 5, side=args.size)
+        base = args.base if args.base is not None else random_checkpoint(Path(tmp))
+        images, labels = synthetic(4, 5, side=args.size, seed=args.data_seed)
         for name in args.modes:
             mode, lora = MODES[name]
             lr = args.lr if args.lr is not None else RANDOM_LR[name]
             t = time.perf_counter()
+            folder = args.save if args.save is not None else Path(tmp)
             r = ns.train(
                 images,
                 labels,
-                Path(tmp) / "o.pt",
+                folder / f"{name}.pt",
                 checkpoint=base,
                 image_size=args.size,
                 steps=args.steps,
@@ -306,6 +308,13 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--clip-frames", type=int, default=4)
+    parser.add_argument(
+        "--base", type=Path, default=None, help="random: start from this checkpoint, not random"
+    )
+    parser.add_argument(
+        "--save", type=Path, default=None, help="random: keep each mode's result as DIR/MODE.pt"
+    )
+    parser.add_argument("--data-seed", type=int, default=0, help="random: the images' seed")
     args = parser.parse_args()
     torch.set_num_threads(1)
     {"speed": speed, "random": from_random, "timelapse": timelapse, "rss": rss}[args.what](args)
