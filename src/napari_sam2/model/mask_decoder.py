@@ -45,13 +45,40 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(B|1, Nq, C), (B|1, Nk, Ckv), (B|1, Nk, Ckv) -> (B, Nq, C). An input of batch 1 is
-        shared by every row of the batch: it is projected once, not once per row."""
+        shared by every row of the batch: it is projected once, not once per row.
+
+        Where a few prompt tokens attend to many image tokens, the image's key and value
+        projections are folded into the tokens' side (exact algebra, :meth:`_fold_keys`): the
+        image meets heads x tokens vectors instead of being projected to the internal width.
+        (The image-to-token direction is not folded: its softmax over a few keys per image
+        token costs more than the projection it would save.)"""
         b = max(q.shape[0], k.shape[0], v.shape[0])
+        internal = self.q_proj.out_features
+        h, nq, nk = self.num_heads, q.shape[1], k.shape[1]
+        if h * nq < internal <= nk and k.shape[0] == v.shape[0] == b:
+            return self._fold_keys(q, k, v)
         q, k, v = (
             self.split_heads(proj(x)).expand(b, -1, -1, -1)
             for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v))
         )
         return self.attend(q, k, v)
+
+    def _fold_keys(self, q_in, k_in, v_in) -> torch.Tensor:
+        """Few queries (B, Nq, C), many keys (B, Nk, Ckv). Per head, q . (Wk x + bk) =
+        (q Wk) . x + q . bk: the last term is the same for every key and cancels in the
+        softmax; and softmax-weighted (Wv x + bv) = Wv (weighted x) + bv, the weights summing
+        to one. So keys and values are never projected: (B, h Nq, Ckv) rows meet the raw x."""
+        b, nq, _ = q_in.shape
+        h = self.num_heads
+        q = self.split_heads(self.q_proj(q_in))  # (B, h, Nq, d)
+        d = q.shape[-1]
+        wk = self.k_proj.weight.reshape(h, d, -1)  # (h, d, Ckv)
+        qk = (q * d**-0.5) @ wk  # (B, h, Nq, Ckv)
+        weights = torch.softmax(qk.flatten(1, 2) @ k_in.transpose(1, 2), dim=-1)  # (B, hNq, Nk)
+        mixed = (weights @ v_in).reshape(b, h, nq, -1)  # (B, h, Nq, Ckv)
+        wv = self.v_proj.weight.reshape(h, d, -1)  # (h, d, Ckv)
+        out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.reshape(h, 1, d)  # (B, h, Nq, d)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
 
 
 class TwoWayAttentionBlock(nn.Module):
