@@ -1,24 +1,28 @@
-"""Speed, ours against the official SAM2VideoPredictor in the same run: a first pass, a
-re-propagation after a correction, ``both``, and the fast modes this machine has.
+"""Speed, ours against the official SAM2VideoPredictor in the same run, every case of issue 21:
+short (8 frames of 240x320) and long (32 frames of 480x640) clips, 1 and 4 objects, a first
+pass and a re-propagation after a correction, exact fp32 — and the machine's fp32 / bf16 rates.
 
-    .venv/bin/python benchmarks/speed_benchmark.py [--frames 8 32] [--size 1024]
-        [--model sam2.1_hiera_tiny] [--skip-official]
+    .venv/bin/python benchmarks/speed_benchmark.py [--clips 8x240x320 32x480x640]
+        [--objects 1 4] [--repeats 3] [--size 1024] [--model sam2.1_hiera_tiny]
+        [--precisions fp32 bf16] [--both] [--skip-official]
 
-One object, clicked on frame 0 of the synthetic clip of track_benchmark.py, tracked forward
-through N frames (first pass, seconds per frame). Then a negative click on frame N/2 and the
-propagation again from there: the official predictor encodes every frame again, ours reads the
-embeddings it kept (re-propagation, seconds per frame). Then ``both`` from clicks on frames 1
-and N-2: ours in one
-call, whose backward pass reads the embeddings of the forward pass, against our forward and
-backward passes without kept embeddings (what both cost before the cache). Each of
-ours runs in fp32 (exact) and, where the CPU or GPU computes it natively, bf16. Prints seconds per
-frame and the ratios official / ours ("x faster"). Runs by hand, not in the tests.
+Objects are clicked on frame 0 of the synthetic clip of track_benchmark.py and tracked forward
+through the clip (first pass, seconds per frame); then a negative click on frame N/2 and the
+propagation again from there (re-propagation: the official predictor encodes every frame again,
+ours reads the embeddings it kept). Each repetition builds a fresh official predictor and a
+fresh tracker and runs them one after the other (official, ours, official, ours, ...), so that a
+machine shared with other work loads both alike; the ratios official / ours ("x faster") are
+of the medians of the repetitions (of wall time, and of the process's CPU time, which a shared
+machine disturbs less), and the load average before and after is printed. ``--both``
+adds ours' ``both`` against a forward and a backward pass without kept embeddings. Runs by hand,
+not in the tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -31,55 +35,83 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # official.py: builds the refere
 sys.path.insert(0, str(HERE))
 from track_benchmark import NpyFrames, make_clip, official_predictor  # noqa: E402
 
+PHASES = ("first pass", "re-propagation")
 
-def timed(results) -> tuple[int, float]:
-    start, n = time.perf_counter(), 0
+
+CPU = {}  # phase -> CPU seconds of the last timed() call (all threads of this process)
+
+
+def timed(results, phase: str | None = None) -> tuple[int, float]:
+    """Frames yielded by ``results`` and the wall seconds it took; the process's CPU seconds go
+    to ``CPU[phase]`` (on a shared machine CPU time counts what was computed, not the wait)."""
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
     for _ in results:
         n += 1
+    if phase is not None:
+        CPU[phase] = (time.process_time() - cpu) / max(n, 1)
     return n, time.perf_counter() - start
 
 
-def official_runs(folder: Path, n: int, args) -> dict:
+def clicks(h: int, w: int, objects: int) -> list[tuple[int, int]]:
+    """(row, col) of each object's click on frame 0: spread over the moving disc."""
+    return [(h // 3 + 3 * (k // 2), w // 3 + 5 * (k % 2) - 2) for k in range(objects)]
+
+
+def official_run(folder: Path, n: int, h: int, w: int, objects: int, args) -> dict:
     model = official_predictor(args.model, args.size, folder / "ckpt.pt")
-    state = model.init_state(str(folder / "jpeg"))
-    click = np.array([[args.width // 3, args.height // 3]], np.float32)
-    model.add_new_points_or_box(state, 0, 1, points=click, labels=np.array([1]))
-    frames, seconds = timed(model.propagate_in_video(state))
+    state = model.init_state(str(folder / "jpeg"))  # decodes every frame: not timed
+    for k, (row, col) in enumerate(clicks(h, w, objects)):
+        model.add_new_points_or_box(
+            state, 0, k + 1, points=np.array([[col, row]], np.float32), labels=np.array([1])
+        )
+    frames, seconds = timed(model.propagate_in_video(state), "first pass")
     out = {"first pass": seconds / frames}
     mid = n // 2
     model.add_new_points_or_box(
         state, mid, 1, points=np.array([[5, 5]], np.float32), labels=np.array([0]),
         clear_old_points=False,
     )  # fmt: skip
-    frames, seconds = timed(model.propagate_in_video(state, start_frame_idx=mid))
+    frames, seconds = timed(model.propagate_in_video(state, start_frame_idx=mid), "re-propagation")
     out["re-propagation"] = seconds / frames
-    return out
+    return out | {f"{k} cpu": v for k, v in CPU.items()}
 
 
-def our_runs(folder: Path, n: int, args, precision: str) -> dict:
+def our_model(folder: Path, args, precision: str):
     import torch
 
-    import napari_sam2 as ns
     from napari_sam2.model import CONFIGS, SAM2Model
 
     model = SAM2Model(CONFIGS[args.model].with_image_size(args.size))
     model.load_state_dict(torch.load(folder / "ckpt.pt", weights_only=True)["model"])
-    model.set_precision(precision)
-    frames = NpyFrames(folder / "frames.npy")
-    click = (args.height // 3, args.width // 3)
-    mid = n // 2
+    return model.set_precision(precision)
 
+
+def our_run(model, folder: Path, n: int, h: int, w: int, objects: int) -> dict:
+    import napari_sam2 as ns
+
+    frames = NpyFrames(folder / "frames.npy")
     tracker = ns.VideoTracker(model, frames)
-    tracker.add_prompt(0, 1, points=[click], labels=[1])
-    count, seconds = timed(tracker.propagate())
+    for k, click in enumerate(clicks(h, w, objects)):
+        tracker.add_prompt(0, k + 1, points=[click], labels=[1])
+    count, seconds = timed(tracker.propagate(), "first pass")
     out = {"first pass": seconds / count}
+    mid = n // 2
     tracker.add_prompt(mid, 1, points=[(5, 5)], labels=[0])
-    count, seconds = timed(tracker.propagate(start=mid))
+    count, seconds = timed(tracker.propagate(start=mid), "re-propagation")
     out["re-propagation"] = seconds / count
     tracker.close()
+    return out | {f"{k} cpu": v for k, v in CPU.items()}
 
-    # both: clicked on frames 1 and n-2, so that the forward pass (1 -> end) and the backward
-    # pass (n-2 -> 0) cross every frame in between; the cache encodes those once.
+
+def both_runs(model, folder: Path, n: int, h: int, w: int) -> dict:
+    """``both`` from clicks on frames 1 and n-2 (the forward and the backward pass cross every
+    frame in between: the kept embeddings encode those once) against a forward and a backward
+    pass without kept embeddings."""
+    import napari_sam2 as ns
+
+    frames = NpyFrames(folder / "frames.npy")
+    click = clicks(h, w, 1)[0]
+
     def prompted(**kwargs):
         t = ns.VideoTracker(model, frames, **kwargs)
         for f in (1, n - 2):
@@ -88,70 +120,131 @@ def our_runs(folder: Path, n: int, args, precision: str) -> dict:
 
     both = prompted()
     count, seconds = timed(both.propagate("both"))
-    out["both"] = seconds / count
     both.close()
     without = prompted(embeddings=False, feature_cache=1)
     c1, s1 = timed(without.propagate("forward", start=1))
     c2, s2 = timed(without.propagate("backward", start=n - 2))
-    out["forward + backward, no cache"] = (s1 + s2) / (c1 + c2)
     without.close()
-    return out
+    return {"both": seconds / count, "forward + backward, no cache": (s1 + s2) / (c1 + c2)}
+
+
+def machine_rates(repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of fp32 and bf16 on this machine: a square matrix product, a linear layer shaped
+    like the image encoder's MLP, and SDPA shaped like the memory attention's cross-attention
+    (4096 queries, 7 x 4096 keys); fp32 and bf16 interleaved, medians."""
+    import torch
+    import torch.nn.functional as F
+
+    def case(dtype):
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(2048, 2048, generator=g, dtype=dtype) for _ in range(2))
+        x = torch.randn(16384, 384, generator=g, dtype=dtype)
+        wt = torch.randn(1536, 384, generator=g, dtype=dtype)
+        q = torch.randn(1, 1, 4096, 256, generator=g, dtype=dtype)
+        k = torch.randn(1, 1, 7 * 4096, 256, generator=g, dtype=dtype)
+        return {
+            "matmul 2048^2": (lambda: a @ b, 2 * 2048**3),
+            "linear 16384x384->1536": (lambda: F.linear(x, wt), 2 * 16384 * 384 * 1536),
+            "SDPA 4096 x 28672 keys": (
+                lambda: F.scaled_dot_product_attention(q, k, k),
+                4 * 4096 * 7 * 4096 * 256,
+            ),
+        }
+
+    cases = {"fp32": case(torch.float32), "bf16": case(torch.bfloat16)}
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for dtype, ops in cases.items():
+            for name, (fn, _) in ops.items():
+                start = time.perf_counter()
+                fn()
+                times.setdefault((name, dtype), []).append(time.perf_counter() - start)
+    return {
+        key: cases[key[1]][key[0]][1] / statistics.median(ts[1:]) / 1e9  # the first warms up
+        for key, ts in times.items()
+    }
+
+
+def load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--clips", nargs="+", default=["8x240x320", "32x480x640"], help="NxHxW")
+    p.add_argument("--objects", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default="sam2.1_hiera_tiny")
     p.add_argument("--size", type=int, default=1024, help="network input size")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--precisions", nargs="+", default=["fp32"], help="ours: fp32, bf16, auto")
+    p.add_argument("--both", action="store_true", help="also time ours' both with/without cache")
     p.add_argument("--skip-official", action="store_true")
+    p.add_argument("--skip-rates", action="store_true")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from official import build_official, save_checkpoint
 
-    from napari_sam2.model.precision import resolve_precision
+    from napari_sam2.model.precision import native_bf16_cpu
 
     torch.set_grad_enabled(False)
-    fast = resolve_precision("auto", torch.device("cpu"))
-    precisions = ["fp32"] + ([fast] if fast != "fp32" else [])
     print(
-        f"{args.model}, {args.size}px input, {args.height}x{args.width} frames, 1 object, torch "
-        f"{torch.__version__}, {os.cpu_count()} CPUs, precisions here: {precisions}"
+        f"{args.model}, {args.size}px input, torch {torch.__version__}, {os.cpu_count()} CPUs "
+        f"({torch.get_num_threads()} threads), native bf16: {native_bf16_cpu()}, "
+        f"load average {load()}"
     )
-    for n in args.frames:
+    if not args.skip_rates and native_bf16_cpu():
+        rates = machine_rates()
+        for name in dict.fromkeys(k[0] for k in rates):
+            f32, b16 = rates[(name, "fp32")], rates[(name, "bf16")]
+            print(f"  {name:>24}: fp32 {f32:6.1f}, bf16 {b16:6.1f} GFLOP/s ({b16 / f32:.2f}x)")
+    for clip in args.clips:
+        n, h, w = (int(v) for v in clip.split("x"))
         with tempfile.TemporaryDirectory(prefix="sam2-speed-") as tmp:
-            folder = make_clip(Path(tmp), n, args.height, args.width)
+            folder = make_clip(Path(tmp), n, h, w)
             save_checkpoint(build_official(args.model, video=True), folder / "ckpt.pt")
-            rows = {}
-            if not args.skip_official:
-                rows["official"] = official_runs(folder, n, args)
-            for precision in precisions:
-                rows[f"ours {precision}"] = our_runs(folder, n, args, precision)
-        print(f"\n{n} frames: seconds per frame")
-        keys = ["first pass", "re-propagation", "both", "forward + backward, no cache"]
-        print(f"{'':>30} " + " ".join(f"{name:>14}" for name in rows))
-        for key in keys:
-            cells = [rows[name].get(key) for name in rows]
-            print(
-                f"{key:>30} "
-                + " ".join("".rjust(14) if c is None else f"{c:>14.3f}" for c in cells)
-            )
-        if "official" in rows:
-            for name in rows:
-                if name == "official":
-                    continue
-                ratios = ", ".join(
-                    f"{key} {rows['official'][key] / rows[name][key]:.2f}x"
-                    for key in ("first pass", "re-propagation")
-                )
-                print(f"official / {name}: {ratios}")
-        for name in rows:
-            if "both" in rows[name]:
-                r = rows[name]
-                gain = r["forward + backward, no cache"] / r["both"]
-                print(f"{name}: both with the cache is {gain:.2f}x faster than without")
+            models = {pr: our_model(folder, args, pr) for pr in args.precisions}
+            for objects in args.objects:
+                runs: dict[str, list[dict]] = {}
+                for _ in range(args.repeats):
+                    if not args.skip_official:
+                        runs.setdefault("official", []).append(
+                            official_run(folder, n, h, w, objects, args)
+                        )
+                    for pr, model in models.items():
+                        runs.setdefault(f"ours {pr}", []).append(
+                            our_run(model, folder, n, h, w, objects)
+                        )
+                keys = [*PHASES, *(f"{k} cpu" for k in PHASES)]
+                med = {
+                    name: {k: statistics.median(r[k] for r in rs) for k in keys}
+                    for name, rs in runs.items()
+                }
+                print(f"\n{n} frames of {h}x{w}, {objects} object(s), median of {args.repeats}: "
+                      f"seconds per frame (load average now {load()})")  # fmt: skip
+                for name, m in med.items():
+                    cells = ", ".join(f"{k} {m[k]:.3f}" for k in PHASES)
+                    ratio = ""
+                    if "official" in med and name != "official":
+                        ratio = "   official / ours: " + ", ".join(
+                            f"{k} {med['official'][k] / m[k]:.2f}x "
+                            f"(CPU time {med['official'][k + ' cpu'] / m[k + ' cpu']:.2f}x)"
+                            for k in PHASES
+                        )
+                    print(f"  {name:>10}: {cells}{ratio}")
+            if args.both:
+                for pr, model in models.items():
+                    r = both_runs(model, folder, n, h, w)
+                    gain = r["forward + backward, no cache"] / r["both"]
+                    print(f"  ours {pr}: both {r['both']:.3f} s/frame, {gain:.2f}x faster than "
+                          "forward + backward without kept embeddings")  # fmt: skip
 
 
 if __name__ == "__main__":

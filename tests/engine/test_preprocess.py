@@ -12,6 +12,7 @@ from napari_sam2.engine.preprocess import (
     DEFAULT_PERCENTILES,
     IntensityWindow,
     prepare_image,
+    prepare_video_frame,
     to_model_input,
     to_rgb_unit,
 )
@@ -36,6 +37,36 @@ def test_uint8_rgb_matches_official_sam2_transforms(rng):
     assert ours.dtype == torch.float32
     assert (ours - official).abs().max().item() <= 1e-6
     assert torch.equal(to_model_input(to_rgb_unit(image)), ours)
+
+
+def test_uint8_video_frame_is_the_official_video_loader_bit_for_bit(tmp_path, rng):
+    # Every uint8 value, on each channel: the official loader's arithmetic (PIL resize, / 255
+    # in float64, to float32, minus the mean, over the std) exactly, not within a tolerance.
+    from PIL import Image
+    from sam2.utils.misc import _load_img_as_tensor
+
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    image[:16, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    Image.fromarray(image).save(tmp_path / "frame.png")
+    img, _, _ = _load_img_as_tensor(tmp_path / "frame.png", 128)
+    official = torch.zeros(1, 3, 128, 128, dtype=torch.float32)
+    official[0] = img
+    official -= torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
+    official /= torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
+    assert torch.equal(prepare_video_frame(image, image_size=128), official)
+
+
+def test_uint8_video_frame_runs_no_torch_kernel(rng):
+    # Frames are prepared in a background thread while the model computes: torch work there
+    # would start a second thread team competing with the model's for the cores.
+    from torch.profiler import profile
+
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    prepare_video_frame(image, image_size=128)  # what is set up once, on the first call
+    with profile() as prof:
+        prepare_video_frame(image, image_size=128)
+    kernels = {e.key for e in prof.key_averages()} - {"aten::from_numpy", "aten::lift_fresh"}
+    assert not kernels, kernels
 
 
 def test_resize_is_torchvision_resize(rng):

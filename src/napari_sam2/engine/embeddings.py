@@ -275,10 +275,9 @@ class EmbeddingStore:
         arrays first, then the record that makes them count."""
         if not self.writable:
             raise EmbeddingsError(f"the embeddings store {self.path} is read-only")
-        parts = [
-            emb.features.detach().float().cpu().numpy().astype(self.dtype)[0],
-            emb.high_res[0].detach().float().cpu().numpy().astype(self.dtype)[0],
-            emb.high_res[1].detach().float().cpu().numpy().astype(self.dtype)[0],
+        parts = [  # no copy where the store's dtype is the embedding's (float32)
+            t.detach().float().cpu().numpy().astype(self.dtype, copy=False)[0]
+            for t in (emb.features, *emb.high_res)
         ]
         pos = emb.pos.detach().float().cpu().numpy()
         if FRAME_ARRAYS[0] not in self.group:  # a store made without a layout

@@ -44,12 +44,41 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(B, Nq, C), (B, Nk, Ckv), (B, Nk, Ckv) -> (B, Nq, C)."""
-        return self.attend(
-            self.split_heads(self.q_proj(q)),
-            self.split_heads(self.k_proj(k)),
-            self.split_heads(self.v_proj(v)),
+        """(B|1, Nq, C), (B|1, Nk, Ckv), (B|1, Nk, Ckv) -> (B, Nq, C). An input of batch 1 is
+        shared by every row of the batch: it is projected once, not once per row.
+
+        Where a few prompt tokens attend to many image tokens, the image's key and value
+        projections are folded into the tokens' side (exact algebra, :meth:`_fold_keys`): the
+        image meets heads x tokens vectors instead of being projected to the internal width.
+        (The image-to-token direction is not folded: its softmax over a few keys per image
+        token costs more than the projection it would save.)"""
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        internal = self.q_proj.out_features
+        h, nq, nk = self.num_heads, q.shape[1], k.shape[1]
+        if h * nq < internal <= nk and k.shape[0] == v.shape[0] == b:
+            return self._fold_keys(q, k, v)
+        q, k, v = (
+            self.split_heads(proj(x)).expand(b, -1, -1, -1)
+            for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v))
         )
+        return self.attend(q, k, v)
+
+    def _fold_keys(self, q_in, k_in, v_in) -> torch.Tensor:
+        """Few queries (B, Nq, C), many keys (B, Nk, Ckv). Per head, q . (Wk x + bk) =
+        (q Wk) . x + q . bk: the last term is the same for every key and cancels in the
+        softmax; and softmax-weighted (Wv x + bv) = Wv (weighted x) + bv, the weights summing
+        to one. So keys and values are never projected: (B, h Nq, Ckv) rows meet the raw x."""
+        b, nq, _ = q_in.shape
+        h = self.num_heads
+        q = self.split_heads(self.q_proj(q_in))  # (B, h, Nq, d)
+        d = q.shape[-1]
+        wk = self.k_proj.weight.reshape(h, d, -1)  # (h, d, Ckv)
+        qk = (q * d**-0.5) @ wk  # (B, h, Nq, Ckv)
+        weights = torch.softmax(qk.flatten(1, 2) @ k_in.transpose(1, 2), dim=-1)  # (B, hNq, Nk)
+        mixed = (weights @ v_in).reshape(b, h, nq, -1)  # (B, h, Nq, Ckv)
+        wv = self.v_proj.weight.reshape(h, d, -1)  # (h, d, Ckv)
+        out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.reshape(h, 1, d)  # (B, h, Nq, d)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -96,9 +125,13 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
-        """(B, C, H, W) image, (B, C, H, W) its PE, (B, N, C) tokens
-        -> (B, N, C) tokens, (B, HW, C) image."""
-        keys = image.flatten(2).transpose(1, 2)  # (B, HW, C)
+        """(B|1, C, H, W) image, (B|1, C, H, W) its PE, (B, N, C) tokens
+        -> (B, N, C) tokens, (B, HW, C) image.
+
+        An image of batch 1 is the same for every prompt (clicks without a mask input): the
+        first layer's projections of it are computed once for the batch; it becomes one per
+        prompt where the first layer's image-to-token attention updates it."""
+        keys = image.flatten(2).transpose(1, 2)  # (B|1, HW, C)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = tokens
         for layer in self.layers:
@@ -153,18 +186,23 @@ class MaskDecoder(nn.Module):
         high_res: tuple[torch.Tensor, torch.Tensor],
     ) -> DecoderOutput:
         """image (B or 1, C, E, E), image_pe (1, C, E, E), sparse prompt tokens (B, N, C),
-        dense prompt embedding (B, C, E, E),
-        high_res (finest (B|1, C/8, 4E, 4E), (B|1, C/4, 2E, 2E))."""
+        dense prompt embedding (B or 1, C, E, E),
+        high_res (finest (B|1, C/8, 4E, 4E), (B|1, C/4, 2E, 2E)).
+
+        One image and one dense embedding (batch 1) for B prompts — clicks without a mask
+        input, as segment-everything asks — are not repeated B times: the transformer shares
+        what does not depend on the prompt (same results, a quarter less work per click)."""
         b = sparse.shape[0]
         out_tokens = torch.cat(
             (self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight), dim=0
         )
         tokens = torch.cat((out_tokens[None].expand(b, -1, -1), sparse), dim=1)
-        src = image.expand(b, -1, -1, -1) + dense
-        pos = image_pe.expand(b, -1, -1, -1)
+        if image.shape[0] != 1 or dense.shape[0] != 1:
+            image = image.expand(b, -1, -1, -1)
+        src = image + dense  # (B|1, C, E, E)
         _, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         obj_token, iou_token = hs[:, 0], hs[:, 1]
         mask_tokens = hs[:, 2 : 2 + NUM_MULTIMASK + 1]  # (B, 4, C)
 

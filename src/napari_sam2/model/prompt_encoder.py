@@ -81,9 +81,10 @@ class PromptEncoder(nn.Module):
             emb = torch.where(labels == label, emb + table.weight, emb)
         return emb
 
-    def embed_mask(self, mask_logits: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """(B, 1, 4E, 4E) mask logits, or None -> (B, C, E, E) dense embedding."""
+    def embed_mask(self, mask_logits: torch.Tensor | None, batch: int | None = None):
+        """(B, 1, 4E, 4E) mask logits, or None -> (B, C, E, E) dense embedding; without a mask
+        (1, C, E, E) when ``batch`` is None (the same for every prompt: the decoder shares it)."""
         if mask_logits is not None:
             return self.mask_downscaling(mask_logits)
         e = self.embedding_size
-        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, e, e)
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch or 1, -1, e, e)

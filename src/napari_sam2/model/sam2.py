@@ -148,7 +148,7 @@ class SAM2Model(nn.Module):
         else:
             batch = mask_logits.shape[0] if mask_logits is not None else features.shape[0]
             sparse = torch.empty(batch, 0, pe.embed_dim, device=features.device)
-        dense = pe.embed_mask(mask_logits, batch)
+        dense = pe.embed_mask(mask_logits)  # (1, C, E, E) without a mask: shared
         out = self.sam_mask_decoder(features, pe.dense_pe(), sparse, dense, high_res)
         return DecoderOutput(*(t.float() for t in out))  # logits and scores in fp32, always
 
