@@ -86,11 +86,13 @@ def our_model(folder: Path, args, precision: str):
     return model.set_precision(precision)
 
 
-def our_run(model, folder: Path, n: int, h: int, w: int, objects: int) -> dict:
+def our_run(
+    model, folder: Path, n: int, h: int, w: int, objects: int, object_batch: int | None = None
+) -> dict:
     import napari_sam2 as ns
 
     frames = NpyFrames(folder / "frames.npy")
-    tracker = ns.VideoTracker(model, frames)
+    tracker = ns.VideoTracker(model, frames, object_batch=object_batch)
     for k, click in enumerate(clicks(h, w, objects)):
         tracker.add_prompt(0, k + 1, points=[click], labels=[1])
     count, seconds = timed(tracker.propagate(), "first pass")
@@ -184,6 +186,14 @@ def main() -> None:
     p.add_argument("--skip-official", action="store_true")
     p.add_argument("--skip-rates", action="store_true")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--object-batch",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="ours: objects computed together (default: the tracker's own choice); several "
+        "values are each timed",
+    )
     args = p.parse_args()
 
     import torch
@@ -219,9 +229,11 @@ def main() -> None:
                             official_run(folder, n, h, w, objects, args)
                         )
                     for pr, model in models.items():
-                        runs.setdefault(f"ours {pr}", []).append(
-                            our_run(model, folder, n, h, w, objects)
-                        )
+                        for batch in args.object_batch:
+                            name = f"ours {pr}" + ("" if batch is None else f" batch {batch}")
+                            runs.setdefault(name, []).append(
+                                our_run(model, folder, n, h, w, objects, batch)
+                            )
                 keys = [*PHASES, *(f"{k} cpu" for k in PHASES)]
                 med = {
                     name: {k: statistics.median(r[k] for r in rs) for k in keys}
