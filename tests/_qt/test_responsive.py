@@ -40,10 +40,14 @@ def test_no_step_of_a_session_blocks_the_event_loop_on_a_big_lazy_stack(
     image = viewer.add_image(lazy_stack(), name="cells", contrast_limits=(0, 3000))
     from napari_sam2._qt.widget import SAM2Widget
 
-    for layer in (  # napari's first layer of each kind costs a second of its own set-up
+    # napari's first layer of each kind costs a second of its own set-up, and its first
+    # rectangle (the widget's window outline) JIT-compiles napari's numba triangulation: about
+    # 4 s once per install (numba caches it in the environment), napari's cost, not the widget's
+    first_rectangle = np.array([[0, 0, 0], [0, 0, 4], [0, 4, 4], [0, 4, 0]], float)
+    for layer in (
         viewer.add_labels(np.zeros((2, 8, 8), np.uint16)),
         viewer.add_points(np.zeros((0, 3))),
-        viewer.add_shapes(ndim=3),
+        viewer.add_shapes([first_rectangle], shape_type="rectangle", face_color="transparent"),
     ):
         viewer.layers.remove(layer)
     widget = SAM2Widget(viewer)
