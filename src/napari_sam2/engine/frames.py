@@ -22,6 +22,12 @@ from .preprocess import (
 _WINDOW_SAMPLE_FRAMES = 8
 
 
+def window_sample_frames(num_frames: int) -> list[int]:
+    """The frames a stack's intensity window is computed on: up to 8, evenly spaced."""
+    picks = np.linspace(0, num_frames - 1, _WINDOW_SAMPLE_FRAMES).astype(int)
+    return [int(t) for t in np.unique(picks)]
+
+
 class FrameSourceError(ValueError):
     """A stack that cannot be read as frames, or a frame that does not fit the stack."""
 
@@ -80,8 +86,8 @@ class FrameSource:
         window = as_window(window)  # a (low, high) pair is a window too
         if window is None and dtype not in (np.uint8, np.bool_):
             # On what SAM 2 will see: the chosen channel of multichannel data, not all of them.
-            picks = np.unique(np.linspace(0, len(self) - 1, _WINDOW_SAMPLE_FRAMES).astype(int))
-            sample = np.stack([self._checked(int(t), select_channels) for t in picks])
+            picks = window_sample_frames(len(self))
+            sample = np.stack([self._checked(t, select_channels) for t in picks])
             try:
                 window = IntensityWindow.from_percentiles(sample, percentiles)
             except ValueError as e:

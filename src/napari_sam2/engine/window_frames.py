@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.sam2 import NO_OBJECT_LOGIT
-from .frames import FrameSourceError
+from .frames import FrameSourceError, window_sample_frames
 from .preprocess import IntensityWindow, select_channels
 from .results import FrameResult
 from .tiles import TileGrid, TilesError, Window, check_tile_options, tile_geometry
@@ -59,12 +59,12 @@ def stack_window(frames, shape, dtype, channel: int, percentiles) -> IntensityWi
     which gives what :class:`~napari_sam2.engine.frames.FrameSource` computes."""
     if np.dtype(dtype) in (np.uint8, np.bool_):
         return None
-    picks = np.unique(np.linspace(0, shape[0] - 1, 8).astype(int))
+    picks = window_sample_frames(int(shape[0]))  # the frames FrameSource samples
     pixels = int(shape[1]) * int(shape[2]) * len(picks)
     step = max(1, math.ceil(math.sqrt(pixels / 1_000_000)))
     strided = CroppedFrames(frames, (0, 0, int(shape[1]), int(shape[2])), shape, dtype)
     strided.step = step
-    sample = np.stack([select_channels(strided[int(t)], channel) for t in picks])
+    sample = np.stack([select_channels(strided[t], channel) for t in picks])
     try:
         return IntensityWindow.from_percentiles(sample, percentiles)
     except ValueError as e:
