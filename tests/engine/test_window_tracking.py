@@ -307,3 +307,21 @@ def test_clearing_a_prompt_moves_the_object_to_the_window_of_the_rest(mini_model
     np.testing.assert_array_equal(tracker.result(0).logits, alone.result(0).logits)
     tracker.close()
     alone.close()
+
+
+def test_result_answers_from_the_window_the_object_was_followed_in_on_that_frame(mini_model):
+    tracker = WindowTracker(mini_model, moving(8))
+    tracker.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+    home = tracker.windows[1]
+    results = {r.frame: r for r in tracker.propagate()}
+    away = [t for t, r in results.items() if r.windows[0] != home]
+    assert away, "random weights: the mask fills its window and re-centres"
+    for t in results:  # re-centred frames too, exactly as yielded, after the pass
+        shown = tracker.result(t)
+        assert shown.windows == results[t].windows
+        np.testing.assert_array_equal(shown.logits, results[t].logits)
+    # a prompt there: its prompt window answers again
+    t = away[-1]
+    tracker.add_prompt(t, 1, points=[(64, 64)], labels=[1])
+    assert tracker.result(t).windows == (tracker.windows[1],)
+    tracker.close()

@@ -9,6 +9,7 @@ import pytest
 
 from napari_sam2 import ImagePredictor
 from napari_sam2.engine.session import PointRow, PromptSession
+from napari_sam2.engine.window_frames import WindowFrameResult
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_a_click_on_a_big_frame_is_answered_in_its_window_and_conditions_propaga
     assert sorted(results) == [0, 1, 2]
     np.testing.assert_array_equal(results[0].masks[0], mask)
     assert all(results[t].masks[0].any() for t in (1, 2))
-    assert not hasattr(results[1], "windows")  # tracked frames: the tracker's own result
+    assert isinstance(results[1], WindowFrameResult)  # tracked in windows (session_windows.py)
 
 
 def test_two_objects_one_windowed_and_removing_the_click_forgets_its_window(mini_model):

@@ -7,11 +7,11 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..model import SAM2Model
 from .prompts import PromptError
 from .reruns import rename_tracked
+from .session_windows import SessionWindows
 from .tiles import Window
 from .video import FrameResult, VideoTracker, frames_in
 from .windowed_prompts import WindowedPrompts
@@ -67,6 +67,10 @@ class PromptSession:
     model's input on a side) clicks and boxes are answered at native resolution, in the window
     of ``tile`` pixels (default: the model's input) that holds them best, and that mask
     prompts the tracker (see ``windowed_prompts.py``). ``tiled`` says whether it applies.
+    Propagation then follows each object in a native-resolution window too (a
+    :class:`~.window_tracking.WindowTracker` given the session's prompts, see
+    ``session_windows.py``), except with new objects, divisions or an embeddings store, which
+    need whole frames (:meth:`downscaled_because`).
 
     Calls are serialised by a lock, so a front end may call from worker threads (e.g. a click
     while a propagation runs waits for the frame in progress).
@@ -81,6 +85,14 @@ class PromptSession:
         self._synced: dict[tuple[int, int], tuple] = {}  # (frame, obj_id) -> prompt signature
         # frame -> the label image its mask prompts were taken from, and the ids taken
         self._label_prompts: dict[int, tuple[np.ndarray, set[int]]] = {}
+        self.window_tracking = SessionWindows(
+            self.tracker,
+            self.windows,
+            self._synced,
+            self._label_prompts,
+            embeddings=tracker_options.get("embeddings"),
+            options=tracker_options,
+        )
 
     def sync_frame(self, frame: int, points: list[PointRow], boxes: list[BoxRow]) -> SyncResult:
         with self.lock:
@@ -171,6 +183,7 @@ class PromptSession:
             for key in [k for k in self._synced if k[1] == obj_id]:
                 del self._synced[key]
             self.windows.forget(obj_id=obj_id)
+            self.window_tracking.forget(obj_id)
             for frame, (_, ids) in list(self._label_prompts.items()):
                 ids.discard(obj_id)
                 if not ids:
@@ -228,14 +241,17 @@ class PromptSession:
 
     def _prompt_clicks(self, frame, obj_id, points, box) -> None:
         """The object's clicks and box on ``frame`` replace its prompt there: in a native
-        window on a big frame (tiles), else in the tracker."""
+        window on a big frame (tiles), else in the tracker; on a frame propagated in windows,
+        by the window tracker."""
+        if self.window_tracking.prompt(frame, obj_id, points, box):
+            return
         if not self.windows.prompt(frame, obj_id, points, box):
             self.tracker.add_prompt(frame, obj_id, *_clicks(points, box), replace=True)
             self.windows.forget(frame, obj_id)
 
     def _result(self, frame: int) -> FrameResult:
         """Every object's current mask on ``frame`` (windowed answers at native resolution)."""
-        return self.windows.result(self.tracker.result(frame))
+        return self.windows.result(self.window_tracking.overlay(self.tracker.result(frame)))
 
     @property
     def tiled(self) -> bool:
@@ -270,31 +286,36 @@ class PromptSession:
         with self.lock:
             if tracker.closed or (wanted is not None and not wanted()):
                 return False
-            if tracker._embeddings.known(frame):
+            if tracker.has_embedding(frame):
                 return False
-        x, pixels = tracker._prepare(frame)  # reads the frame: no tracker state touched
-        if wanted is not None and not wanted():
+        keep = tracker.embed_detached(frame, wanted)  # no tracker state touched
+        if keep is None:
             return False
-        with torch.inference_mode():
-            emb = tracker.model.encode_image(x.to(tracker.model.device))
         with self.lock:
             if tracker.closed:
                 return False
-            tracker._embeddings.get(frame, lambda _: (emb, pixels), tracker.model.device)
+            keep()
         return True
 
     def propagate(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage):
         """Like :meth:`VideoTracker.propagate` (of ``obj_ids`` only, if given; ``lineage``: its
         new_objects, divisions, lineage_options, lineage_edits), holding the lock for each frame
-        only."""
+        only. On a tiled session (without lineage or an embeddings store: :meth:`in_windows`)
+        every object is followed in its native-resolution window (``obj_ids`` is not used:
+        every object runs), results as :class:`~.window_frames.WindowFrameResult` s."""
+        if self.in_windows(**lineage):
+            yield from self.window_tracking.propagate(self.lock, direction, start, stop)
+            return
         with self.lock:
             run = self.tracker.propagate(direction, start, stop, obj_ids=obj_ids, **lineage)
         while True:
             with self.lock:
                 try:
-                    result = self.windows.result(next(run))
+                    result = next(run)
                 except StopIteration:
                     return
+                self.window_tracking.downscaled(result.frame)
+                result = self.windows.result(result)
             try:
                 yield result
             except GeneratorExit:
@@ -325,10 +346,39 @@ class PromptSession:
                 )
             return getattr(self.tracker._lineage, action)(*args)
 
-    def plan(self, direction="forward", start=None, stop=None, obj_ids=None) -> int:
+    def plan(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage) -> int:
         """How many frames ``propagate`` will yield."""
+        return frames_in(self.passes(direction, start, stop, obj_ids, **lineage))
+
+    def passes(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage):
+        """The (first, last, reverse) passes ``propagate`` runs with these arguments."""
         with self.lock:
-            return frames_in(self.tracker.plan(direction, start, stop, obj_ids=obj_ids))
+            if self.in_windows(**lineage):
+                self.tracker.plan(direction, start, stop)  # the same checks, the same errors
+                return self.window_tracking.plan(direction, start, stop)
+            return self.tracker.plan(direction, start, stop, obj_ids=obj_ids)
+
+    def in_windows(self, **lineage) -> bool:
+        """Whether :meth:`propagate` with these lineage options follows objects in windows."""
+        return self.window_tracking.in_windows(lineage)
+
+    def downscaled_because(self, **lineage) -> str | None:
+        """On a tiled session, why a propagation with these options runs on downscaled
+        frames (new objects, divisions and embeddings stores need whole frames); else None."""
+        return self.window_tracking.downscaled_because(lineage)
+
+    @property
+    def recentrings(self) -> dict[int, int]:
+        """Per object, how often its window re-centred in the last propagation in windows."""
+        return dict(self.window_tracking.recentrings)
+
+    def prompts_waiting(self, in_windows: bool) -> bool:
+        """Whether prompts were given that the last propagation (in windows, or not) did not
+        follow: the next one will."""
+        with self.lock:
+            if in_windows:
+                return bool(self.window_tracking.pending())
+            return bool(self.tracker.new_prompt_frames)
 
     def rename_object(self, old: int, new: int) -> None:
         """Give object ``old`` the unused id ``new`` everywhere: its prompts (tables and mask
@@ -339,6 +389,7 @@ class PromptSession:
             if old in self.tracker.obj_ids:
                 rename_tracked(self.tracker, old, new)
             self.windows.rename(old, new)
+            self.window_tracking.rename(old, new)
             for (frame, obj_id), signature in list(self._synced.items()):
                 if obj_id == old:
                     del self._synced[(frame, obj_id)]
@@ -353,6 +404,7 @@ class PromptSession:
     def close(self) -> None:
         with self.lock:
             self.tracker.close()
+            self.window_tracking.close()
             self.windows.close()
 
 

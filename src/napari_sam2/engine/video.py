@@ -588,6 +588,23 @@ class VideoTracker:
         ids = tuple(o.obj_id for o in objs)
         return FrameResult(frame, ids, low_res=low_res, shape=self.frame_shape)
 
+    def has_embedding(self, frame: int) -> bool:
+        """Whether ``frame``'s embedding is held (in RAM or in the store)."""
+        return self._embeddings.known(frame)
+
+    @torch.inference_mode()
+    def embed_detached(self, frame: int, wanted=None):
+        """Compute ``frame``'s embedding without touching the tracker's state (so it may run
+        outside the lock a front end guards the tracker with); returns a function that hands it
+        to the tracker (call it under that lock), or None when ``wanted()`` turned false once
+        the frame was read."""
+        frame = self.source.check_index(frame)
+        x, pixels = self._prepare(frame)
+        if wanted is not None and not wanted():
+            return None
+        emb = self.model.encode_image(x.to(self.model.device))
+        return lambda: self._embeddings.get(frame, lambda _: (emb, pixels), self.model.device)
+
 
 __all__ = [
     "FrameResult",

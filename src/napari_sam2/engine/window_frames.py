@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..model.sam2 import NO_OBJECT_LOGIT
 from .frames import FrameSourceError, window_sample_frames
+from .memory_bank import FrameRecord, SpillingStore
 from .preprocess import IntensityWindow, select_channels
 from .results import FrameResult
 from .tiles import TileGrid, TilesError, Window, check_tile_options, tile_geometry
@@ -283,3 +284,48 @@ def label_parts(labels: np.ndarray, ids) -> dict[int, tuple[int, int, np.ndarray
         if part[2].size:
             parts[i] = part
     return parts
+
+
+class AwayResults:
+    """Per object, its (1, 1, L, L) results on the frames a propagation followed it on in a
+    re-centred window, with that window: kept exactly after the window's tracker is gone, the
+    16 most recent of each object in RAM and the rest spilled to files (as a tracker's own
+    results are, :class:`~.memory_bank.SpillingStore`)."""
+
+    def __init__(self, spill_dir=None) -> None:
+        self._spill_dir = spill_dir
+        self._windows: dict[int, dict[int, Window]] = {}
+        self._stores: dict[int, SpillingStore] = {}
+
+    def put(self, obj_id: int, frame: int, window: Window, low_res: torch.Tensor) -> None:
+        if obj_id not in self._stores:
+            self._stores[obj_id] = SpillingStore(16, self._spill_dir)
+            self._windows[obj_id] = {}
+        empty = torch.zeros(0)
+        self._stores[obj_id].put(frame, FrameRecord(low_res.float().cpu(), empty, empty))
+        self._windows[obj_id][frame] = window
+
+    def get(self, obj_id: int, frame: int) -> tuple[Window, torch.Tensor] | None:
+        window = self._windows.get(obj_id, {}).get(frame)
+        if window is None:
+            return None
+        return window, self._stores[obj_id].get(frame).low_res
+
+    def pop(self, obj_id: int, frame: int) -> None:
+        if self._windows.get(obj_id, {}).pop(frame, None) is not None:
+            self._stores[obj_id].pop(frame)
+
+    def drop(self, obj_id: int) -> None:
+        self._windows.pop(obj_id, None)
+        store = self._stores.pop(obj_id, None)
+        if store is not None:
+            store.clear()
+
+    def rename(self, old: int, new: int) -> None:
+        if old in self._stores:
+            self._stores[new] = self._stores.pop(old)
+            self._windows[new] = self._windows.pop(old)
+
+    def clear(self) -> None:
+        for obj_id in list(self._stores):
+            self.drop(obj_id)

@@ -38,9 +38,11 @@ from .frames import FrameSource
 from .plan import DIRECTIONS, plan_passes
 from .preprocess import DEFAULT_PERCENTILES, IntensityWindow
 from .prompts import Prompt, PromptError, check_obj_id, label_ids, mask_prompt
+from .reruns import rename_tracked
 from .tiles import TilesError, Window, resolve_tiles
 from .video import VideoTracker
 from .window_frames import (
+    AwayResults,
     CroppedFrames,
     WindowFrameResult,
     WindowPlacer,
@@ -153,6 +155,9 @@ class WindowTracker:
         self._entries: dict[int, list[_Entry]] = {}
         self._new_prompt_frames: set[int] = set()
         self._recentred: list[VideoTracker] = []  # trackers of re-centred windows, this pass
+        # its results on the frames it was followed on in a re-centred window (whose tracker
+        # is closed after the pass)
+        self._away = AwayResults(spill_dir)
         self.recentrings: dict[int, int] = {}  # per object, in the last propagation
         self.trackers_made = 0  # window trackers created (prompt windows and re-centrings)
         self._closed = False
@@ -179,6 +184,11 @@ class WindowTracker:
     def windows(self) -> dict[int, Window]:
         """Each object's prompt window (min_row, min_col, max_row, max_col)."""
         return dict(self._home)
+
+    @property
+    def new_prompt_frames(self) -> list[int]:
+        """Frames prompted since the last complete propagation (where the next one starts)."""
+        return sorted(self._new_prompt_frames)
 
     @property
     def num_windows(self) -> int:
@@ -227,6 +237,7 @@ class WindowTracker:
             entries = [e for e in entries if e.frame != frame]
         entries = [*entries, entry]
         window = self._window_of(entries)
+        self._away.pop(obj_id, frame)  # its prompt window answers there now
         if self._home.get(obj_id) == window:
             self._groups[window].add_prompt(frame, obj_id, **entry.shifted(window), replace=replace)
         else:
@@ -314,6 +325,23 @@ class WindowTracker:
         if not self._groups[window].obj_ids:
             self._drop_group(window)
         del self._home[obj_id], self._entries[obj_id]
+        self._away.drop(obj_id)
+
+    def rename_object(self, old: int, new: int) -> None:
+        """Give object ``old`` the unused id ``new``, keeping its window, memory and results."""
+        self._check_open()
+        window = self._window(old)
+        new = check_obj_id(new)
+        if new in self._home:
+            raise ValueError(f"object id {new} is in use; choose an unused id")
+        rename_tracked(self._groups[window], old, new)
+
+        def renamed(table: dict) -> dict:
+            return {(new if k == old else k): v for k, v in table.items()}
+
+        self._home, self._entries = renamed(self._home), renamed(self._entries)
+        self._away.rename(old, new)
+        self.recentrings = renamed(self.recentrings)
 
     def reset(self) -> None:
         """Forget all objects and prompts; keep the frame source."""
@@ -324,6 +352,7 @@ class WindowTracker:
         self._home.clear()
         self._entries.clear()
         self._new_prompt_frames.clear()
+        self._away.clear()
         self.recentrings = {}
 
     def close(self) -> None:
@@ -336,6 +365,7 @@ class WindowTracker:
         return self._closed
 
     def _commit(self, obj_id: int, entries: list[_Entry], window: Window, frame: int) -> None:
+        self._away.pop(obj_id, frame)
         self._entries[obj_id] = entries
         self._home[obj_id] = window
         self._new_prompt_frames.add(frame)
@@ -376,6 +406,7 @@ class WindowTracker:
                 self._drop_group(window)
             raise
         old = self._home.get(obj_id)
+        self._away.drop(obj_id)  # its tracked frames went with the old window's tracker
         if old is not None:
             self._groups[old].remove_object(obj_id)
             if not self._groups[old].obj_ids:
@@ -398,15 +429,21 @@ class WindowTracker:
 
     # ------------------------------------------------------------------ results
     def result(self, frame: int, obj_ids=None) -> WindowFrameResult:
-        """Every object's (or ``obj_ids``') current result on ``frame`` in its prompt window
-        (-1024 where none). Frames an object was followed on in a re-centred window are in what
-        :meth:`propagate` yielded (and the labels it wrote), not here."""
+        """Every object's (or ``obj_ids``') current result on ``frame`` (-1024 where none), in
+        the window it was followed in there: its prompt window, or, on a frame the last
+        propagation followed it on in a re-centred window, that window (its result kept, at
+        the model's low resolution, until a prompt or a move of the object replaces it)."""
         self._check_open()
         frame = self.source.check_index(frame)
         ids = list(self._home) if obj_ids is None else [check_obj_id(i) for i in obj_ids]
         lows, windows = [], []
         for obj_id in ids:
             window = self._window(obj_id)
+            away = self._away.get(obj_id, frame)
+            if away is not None:
+                windows.append(away[0])
+                lows.append(away[1])
+                continue
             lows.append(self._groups[window].result(frame, [obj_id]).low_res)
             windows.append(window)
         size = self.model.config.low_res_mask_size
@@ -481,6 +518,13 @@ class WindowTracker:
                 size = self.model.config.low_res_mask_size
                 absent = torch.full((1, 1, size, size), NO_OBJECT_LOGIT)
                 low = torch.cat([lows.get(o, absent) for o in ids])
+                for obj_id in ids:  # kept: the re-centred window's tracker goes after the pass
+                    run = follows.get(obj_id)
+                    away = run is not None and run.tracker not in self._groups.values()
+                    if away and obj_id in lows:
+                        self._away.put(obj_id, frame, run.window, lows[obj_id])
+                    else:
+                        self._away.pop(obj_id, frame)
                 yield WindowFrameResult(
                     frame,
                     ids,

@@ -101,8 +101,15 @@ class WindowedPrompts:
         else:  # too small for the tracker's input: it follows the clicks instead
             self.tracker.add_prompt(frame, obj_id, coords, labels, box, replace=True)
         low = torch.from_numpy(np.ascontiguousarray(pred.logits[best]))[None, None]
-        self.answers[(frame, obj_id)] = Answer(pred.tile, low, np.array(crop), survives)
+        self.record(frame, obj_id, pred.tile, low, crop, survives)
         return True
+
+    def record(self, frame: int, obj_id: int, window: Window, low_res, crop, conditions) -> Answer:
+        """Keep an answer in ``window`` (its (1, 1, L, L) logits and (h, w) mask) as what the
+        object's prompt on ``frame`` shows."""
+        answer = Answer(window, low_res, np.array(crop), bool(conditions))
+        self.answers[(frame, obj_id)] = answer
+        return answer
 
     def window(self, frame: int, obj_id: int) -> Window | None:
         answer = self.answers.get((frame, obj_id))

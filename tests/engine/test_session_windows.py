@@ -1,0 +1,127 @@
+"""A tiled PromptSession propagates in native-resolution windows (engine/session_windows.py): a
+WindowTracker given the session's prompts, corrections on propagated frames answered by it and
+re-propagated, cancel and the downscaled fall-back (lineage, embeddings stores). Real network,
+random weights, a 128-pixel input on 420 x 400 frames (tiled: 420 > 1.5 x 128)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_sam2 as ns
+from napari_sam2.engine.session import PointRow, PromptSession
+from napari_sam2.engine.window_frames import WindowFrameResult
+
+
+def big_frames(t=3, h=420, w=400):
+    """Small bright discs near two opposite corners, moving a little (uint16)."""
+    rr, cc = np.mgrid[:h, :w]
+    data = np.full((t, h, w), 300, np.uint16)
+    for i in range(t):
+        data[i][(rr - 40 - i) ** 2 + (cc - 50) ** 2 < 9**2] = 3000
+        data[i][(rr - 370) ** 2 + (cc - 340 - i) ** 2 < 9**2] = 3000
+    return data
+
+CLICKS = [PointRow(1, 0, 370.0, 340.0, True), PointRow(2, 0, 40.0, 50.0, True)]
+
+
+@pytest.fixture(scope="module")
+def mini_model():
+    from official import random_tiny
+
+    return random_tiny(128, seed=6, object_bias=5.0)
+
+
+def reference(model, frames, session):
+    """ns.WindowTracker given the same clicks, with the session's intensity window."""
+    tracker = ns.WindowTracker(model, frames, window=session.tracker.source.window)
+    for p in CLICKS:
+        tracker.add_prompt(p.frame, p.obj_id, points=[(p.row, p.col)], labels=[1])
+    return tracker
+
+
+def test_a_tiled_session_propagates_as_a_window_tracker_given_its_prompts(mini_model):
+    frames = big_frames()
+    session = PromptSession(mini_model, frames, tiles="auto")
+    out = session.sync_frame(0, CLICKS, [])
+    assert session.in_windows() and session.downscaled_because() is None
+    assert session.plan() == 3
+    results = {r.frame: r for r in session.propagate("forward")}
+    expected = {r.frame: r for r in reference(mini_model, frames, session).propagate()}
+    assert sorted(results) == [0, 1, 2]
+    for t in (1, 2):
+        assert isinstance(results[t], WindowFrameResult)
+        assert results[t].windows == expected[t].windows
+        np.testing.assert_array_equal(results[t].logits, expected[t].logits)
+    # the clicked frame keeps the answers the user saw
+    np.testing.assert_array_equal(results[0].masks, out.result.masks)
+    assert session.recentrings == expected[2].recentred
+    # moving to a propagated frame (any sync there) shows what the propagation wrote
+    assert not session.prompts_waiting(True)
+    shown = session._result(2)
+    np.testing.assert_array_equal(shown.logits, results[2].logits)
+
+
+def test_a_correction_on_a_propagated_frame_builds_on_its_memory_and_re_propagates(
+    mini_model,
+):
+    frames = big_frames()
+    session = PromptSession(mini_model, frames, tiles="auto")
+    session.sync_frame(0, CLICKS, [])
+    propagated = {r.frame: r for r in session.propagate("forward")}
+    ref = reference(mini_model, frames, session)
+    list(ref.propagate())
+    fix = PointRow(1, 1, 380.0, 350.0, False)
+    out = session.sync_frame(1, [fix], [])
+    # what the window tracker gives for that click on its tracked frame (memory, tracked mask)
+    want = ref.add_prompt(1, 1, points=[(380.0, 350.0)], labels=[0], replace=True)
+    np.testing.assert_array_equal(out.result.masks[0], want.masks[0])
+    assert dict(out.windows)[1] == want.windows[0]
+    # the other object keeps its propagated mask there
+    np.testing.assert_array_equal(out.result.logits[1], propagated[1].logits[1])
+    assert session.prompts_waiting(True) is False  # the window tracker holds it already
+    assert session.passes() == [(1, 2, False)]  # re-propagates from the correction
+    again = {r.frame: r for r in session.propagate("forward")}
+    expected = {r.frame: r for r in ref.propagate()}
+    assert sorted(again) == [1, 2]
+    np.testing.assert_array_equal(again[1].masks[0], want.masks[0])
+    np.testing.assert_array_equal(again[2].logits, expected[2].logits)
+
+
+def test_cancel_keeps_what_was_yielded_and_the_next_run_starts_again(mini_model):
+    session = PromptSession(mini_model, big_frames(), tiles=True)
+    session.sync_frame(0, CLICKS, [])
+    run = session.propagate("forward")
+    first = next(run)
+    run.close()  # cancel after one frame
+    assert first.frame == 0 and session.plan() == 3
+    assert len(list(session.propagate("forward"))) == 3
+
+
+def test_lineage_and_embeddings_stores_fall_back_to_the_downscaled_tracker(
+    mini_model, tmp_path
+):
+    frames = big_frames(t=2)
+    session = PromptSession(mini_model, frames, tiles=True)
+    session.sync_frame(0, CLICKS, [])
+    assert not session.in_windows(divisions=True)
+    assert "whole slices" in session.downscaled_because(new_objects=2)
+    stored = PromptSession(mini_model, frames, tiles=True, embeddings=str(tmp_path / "e.zarr"))
+    stored.sync_frame(0, CLICKS, [])
+    assert "embeddings store" in stored.downscaled_because()
+    results = list(stored.propagate("forward"))
+    assert [r.frame for r in results] == [0, 1]
+    assert not isinstance(results[1], WindowFrameResult)  # the tracker's downscaled result
+    untiled = PromptSession(mini_model, frames, tiles=False)
+    assert not untiled.in_windows() and untiled.downscaled_because() is None
+    stored.close()
+
+
+def test_a_renamed_object_keeps_its_windowed_results(mini_model):
+    session = PromptSession(mini_model, big_frames(), tiles=True)
+    session.sync_frame(0, CLICKS, [])
+    results = {r.frame: r for r in session.propagate("forward")}
+    session.rename_object(2, 7)
+    shown = session._result(2)
+    assert shown.obj_ids == (1, 7)
+    np.testing.assert_array_equal(shown.logits, results[2].logits)
