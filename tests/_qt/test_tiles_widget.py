@@ -71,3 +71,69 @@ def test_small_slices_are_not_tiled_and_get_no_outline(make_napari_viewer, qtbot
     assert not widget.session.tiled and "tiles" not in widget.status.value
     click(qtbot, widget, 0, 60, 80)
     assert widget.outline.layer is None and "SAM2 window" not in viewer.layers
+
+
+def _reference_labels(model, data, session, clicks):
+    """ns.WindowTracker given the same clicks ((frame, obj_id, row, col, positive)), with the
+    session's intensity window, written by track_to_labels."""
+    import napari_sam2 as ns
+
+    tracker = ns.WindowTracker(model, data, window=session.tracker.source.window)
+    for frame, obj_id, row, col, positive in clicks:
+        if frame == 0:
+            tracker.add_prompt(frame, obj_id, points=[(row, col)], labels=[int(positive)])
+    labels = ns.track_to_labels(tracker, direction="forward")
+    for frame, obj_id, row, col, positive in clicks:
+        if frame > 0:
+            tracker.add_prompt(frame, obj_id, points=[(row, col)], labels=[int(positive)])
+    if any(c[0] > 0 for c in clicks):
+        labels = ns.track_to_labels(tracker, labels, direction="forward")
+    tracker.close()
+    return labels
+
+
+def test_propagation_on_big_slices_runs_in_windows_and_corrections_re_propagate(
+    make_napari_viewer, qtbot, model
+):
+    data = big_slices()
+    viewer, widget = started(make_napari_viewer, qtbot, model, data)
+    widget.direction.value = "forward"
+    click(qtbot, widget, 0, 520, 610)
+    widget.next_object()
+    click(qtbot, widget, 0, 60, 80)
+    widget.propagate()
+    assert "in native-resolution windows" in widget.status.value  # said while it runs
+    wait(qtbot, widget)
+    assert "Propagated over 3 slices in native-resolution windows" in widget.status.value
+    assert "re-centring" in widget.status.value
+    clicks = [(0, 1, 520, 610, True), (0, 2, 60, 80, True)]
+    expected = _reference_labels(model, data, widget.session, clicks)
+    labels = np.asarray(widget.labels_layer.data)
+    for t in (1, 2):  # propagated slices: the window tracker's, at native resolution
+        np.testing.assert_array_equal(labels[t], expected[t])
+
+    # a correction on a propagated slice (object 1, a negative click) and Propagate again
+    widget.obj_id.value = 1
+    widget.negative.value = True
+    click(qtbot, widget, 1, 525, 615)
+    widget.propagate()
+    wait(qtbot, widget)
+    assert "Propagated over 2 slices in native-resolution windows" in widget.status.value
+    expected = _reference_labels(model, data, widget.session, [*clicks, (1, 1, 525, 615, False)])
+    labels = np.asarray(widget.labels_layer.data)
+    for t in (1, 2):
+        np.testing.assert_array_equal(labels[t], expected[t])
+
+
+def test_propagation_with_divisions_on_big_slices_runs_downscaled_and_says_so(
+    make_napari_viewer, qtbot, model
+):
+    viewer, widget = started(make_napari_viewer, qtbot, model, big_slices(t=2))
+    widget.direction.value = "forward"  # divisions are followed forward
+    click(qtbot, widget, 0, 520, 610)
+    widget.lineage.divisions.value = True
+    widget.propagate()
+    assert "on downscaled slices (new objects and divisions" in widget.status.value
+    wait(qtbot, widget)
+    assert "in native-resolution windows" not in widget.status.value
+    assert (np.asarray(widget.labels_layer.data[1]) > 0).any()

@@ -40,6 +40,7 @@ class PropagationMixin:
         edits = tuple(lineage.get("lineage_edits") or ())  # a new correction: run again
         call = (direction, start, stop, lineage.get("divisions"), lineage.get("new_objects"), edits)
         session = self.session
+        windowed = session.in_windows(**lineage)  # big slices: each object in its window
         with session.lock:
             every = list(session.obj_ids)
             chosen = every if obj_ids is None else [i for i in every if i in set(obj_ids)]
@@ -50,6 +51,8 @@ class PropagationMixin:
                 )
                 return
             todo = self.ledger.changed(session.tracker, call, chosen)
+            if windowed and todo:  # in windows every object runs
+                todo = every
         if every and not todo:
             a, b = self.ledger.span(chosen)
             which = "" if obj_ids is None else f" for objects {chosen}"
@@ -58,9 +61,9 @@ class PropagationMixin:
                 "nothing was run (add or change a prompt, or choose another range or direction)."
             )
             return
-        run_ids = None if following or set(todo) == set(every) else todo
+        run_ids = None if following or windowed or set(todo) == set(every) else todo
         try:
-            passes = session.tracker.plan(direction, start, stop, obj_ids=run_ids)
+            passes = session.passes(direction, start, stop, run_ids, **lineage)
         except EXPECTED_ERRORS as e:  # no prompt yet, a range outside the stack
             self.feedback.error(_in_slices(e, direction))
             return
@@ -70,10 +73,13 @@ class PropagationMixin:
         self._written = set()
         self._prompted_meanwhile = False
         self.ledger.started(todo)
-        run = (call, (min(covered), max(covered)), todo, yields, time.perf_counter(), run_ids)
+        span = (min(covered), max(covered))
+        run = (call, span, todo, yields, time.perf_counter(), run_ids, windowed)
         only = "" if run_ids is None else f" (objects {todo} only{self._unchanged(chosen, todo)})"
+        how = _how(windowed, session.downscaled_because(**lineage))
         self.feedback.say(
-            f"Propagating {direction} over {slices} slices{only}{self._estimate(yields, todo)}…"
+            f"Propagating {direction} over {slices} slices{how}{only}"
+            f"{self._estimate(yields, todo)}…"
         )
         self.propagation_worker = self.run(
             self.lineage.results,
@@ -129,7 +135,7 @@ class PropagationMixin:
         self.refresh_objects()
         written = len(self._written)
         if run is not None and written >= slices and not self.feedback.error_shown:
-            call, span, todo, _, began, _ = run
+            call, span, todo, _, began, *_ = run
             elapsed = time.perf_counter() - began
             self._seconds_per_object_slice = elapsed / max(1, yields * len(todo))
             with self.session.lock:
@@ -137,8 +143,9 @@ class PropagationMixin:
         # Prompts given while it ran: noted when they were given (their sync may finish after
         # the propagation does) or found waiting in the tracker.
         waiting = self._prompted_meanwhile
+        windowed = run is not None and run[6]
         if run is None or run[5] is None:  # a run of chosen objects: the others' prompts wait
-            waiting = waiting or self.session.tracker.new_prompt_frames
+            waiting = waiting or self.session.prompts_waiting(windowed)
         note = " Prompts given while it ran are followed by the next Propagate." if waiting else ""
         if self.feedback.error_shown and written < slices:
             return  # the error says what happened
@@ -149,7 +156,11 @@ class PropagationMixin:
             )
         else:
             both = " (both directions)" if self.direction.value == "both" else ""
-            self.feedback.done(f"Propagated over {slices} slices{both}.{note}", notify=True)
+            where = ""
+            if windowed:
+                moves = sum(self.session.recentrings.values())
+                where = f" in native-resolution windows ({moves} re-centring{'s' * (moves != 1)})"
+            self.feedback.done(f"Propagated over {slices} slices{both}{where}.{note}", notify=True)
 
     def cancel(self, *_) -> None:
         """Stop the work in progress (a propagation after the slice being computed, segment
@@ -283,6 +294,15 @@ class PropagationMixin:
             f"{smaller} would take about {seconds / 4:.1f} s (less accurate): choose it under "
             "'input size' and press Start."
         )
+
+
+def _how(windowed: bool, downscaled: str | None) -> str:
+    """Where a propagation on big slices runs, for the status line."""
+    if windowed:
+        return " in native-resolution windows (each object in a window around it)"
+    if downscaled is not None:
+        return f" on downscaled slices ({downscaled})"
+    return ""
 
 
 def _duration(seconds: float) -> str:
