@@ -8,10 +8,10 @@ that holds it best (``Answer.window``). That mask is what the frame shows, and i
 object's mask prompt in the tracker there, so that propagation starts from it (at the tracker's
 resolution: a mask too small to survive the resize to the input falls back to the clicks).
 
-What stays as before: propagated frames are tracked at the downscaled size; a prompt that no
+Propagation follows each object in a window too (``session_windows.py``); a prompt that no
 window holds (a box larger than a window) is answered by the tracker; a correction click on a
-frame the tracker has propagated to is answered from the frame's clicks alone, in a window,
-without the tracker's memory of the other frames.
+frame propagated in windows is answered by the window tracker (with the object's memory), on
+one propagated downscaled from the frame's clicks alone, in a window.
 """
 
 from __future__ import annotations
