@@ -125,3 +125,21 @@ def test_a_renamed_object_keeps_its_windowed_results(mini_model):
     shown = session._result(2)
     assert shown.obj_ids == (1, 7)
     np.testing.assert_array_equal(shown.logits, results[2].logits)
+
+
+def test_a_click_while_it_propagates_waits_for_the_next_propagation(mini_model):
+    session = PromptSession(mini_model, big_frames(), tiles=True)
+    session.sync_frame(0, CLICKS, [])
+    list(session.propagate("forward"))
+    session.sync_frame(0, [*CLICKS, PointRow(1, 0, 360.0, 330.0, True)], [])
+    run = session.propagate("forward")
+    assert next(run).frame == 0
+    # a click on a slice propagated in windows, far from the object's window, while the window
+    # tracker runs: answered as a click on the slice, without touching its trackers
+    out = session.sync_frame(2, [PointRow(1, 2, 100.0, 300.0, True)], [])
+    assert out.result is not None and dict(out.windows).keys() == {1}
+    assert [r.frame for r in run] == [1, 2]  # the run goes on to its end
+    assert session.prompts_waiting(True)
+    assert session.passes() == [(2, 2, False)]  # the next one follows the click
+    assert [r.frame for r in session.propagate("forward")] == [2]
+    assert not session.prompts_waiting(True)

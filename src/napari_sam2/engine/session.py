@@ -354,7 +354,6 @@ class PromptSession:
         """The (first, last, reverse) passes ``propagate`` runs with these arguments."""
         with self.lock:
             if self.in_windows(**lineage):
-                self.tracker.plan(direction, start, stop)  # the same checks, the same errors
                 return self.window_tracking.plan(direction, start, stop)
             return self.tracker.plan(direction, start, stop, obj_ids=obj_ids)
 

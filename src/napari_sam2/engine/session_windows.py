@@ -87,6 +87,7 @@ class SessionWindows:
         self._fed: dict[tuple[int, int], tuple] = {}  # (frame, obj_id) -> prompt key given
         self._frames: set[int] = set()  # frames whose current results are the window tracker's
         self.recentrings: dict[int, int] = {}  # per object, in the last propagation in windows
+        self.running = False  # a propagation in windows is under way (its trackers in use)
 
     # ------------------------------------------------------------------ which tracker
     def downscaled_because(self, lineage: dict) -> str | None:
@@ -131,7 +132,8 @@ class SessionWindows:
         for frame, (labels, ids) in self._label_prompts.items():
             for obj_id in ids:
                 wanted[(frame, obj_id)] = ("mask", labels, self._synced.get((frame, obj_id)))
-        return {k: v for k, v in wanted.items() if k[1] in self.tracker.obj_ids}
+        tracked = set(self.tracker.obj_ids)
+        return {k: v for k, v in wanted.items() if k[1] in tracked}
 
     def pending(self) -> set[int]:
         """Frames whose prompts changed since the window tracker was last given them."""
@@ -180,8 +182,9 @@ class SessionWindows:
                     self._fed[(frame, obj_id)] = key
         for key in [k for k in self._fed if k not in wanted]:
             self._take_back(wt, *key)
+        tracked = set(self.tracker.obj_ids)
         for obj_id in wt.obj_ids:
-            if not wt.prompted_frames(obj_id):
+            if obj_id not in tracked or not wt.prompted_frames(obj_id):
                 wt.remove_object(obj_id)
 
     def _give(self, wt: WindowTracker, frame: int, obj_id: int, key: tuple) -> None:
@@ -198,14 +201,19 @@ class SessionWindows:
     def forget(self, obj_id: int) -> None:
         """An object removed or renamed in the session: out of the window tracker (a renamed
         one is given again, under its new id, by the next propagation)."""
+        wt = self.window_tracker
+        if self.running:  # its trackers are in use: the next feed takes it out
+            return
         for key in [k for k in self._fed if k[1] == obj_id]:
             del self._fed[key]
-        wt = self.window_tracker
         if wt is not None and obj_id in wt.obj_ids:
             wt.remove_object(obj_id)
 
     def rename(self, old: int, new: int) -> None:
-        """An object renamed in the session: renamed in the window tracker, with its memory."""
+        """An object renamed in the session: renamed in the window tracker, with its memory
+        (during a propagation in windows: given again under ``new`` by the next one)."""
+        if self.running:
+            return
         for frame, obj_id in [k for k in self._fed if k[1] == old]:
             self._fed[(frame, new)] = self._fed.pop((frame, obj_id))
         if old in self.recentrings:
@@ -220,8 +228,8 @@ class SessionWindows:
         the downscaled tracker that mask as the object's prompt. False (nothing done) where the
         object's result on ``frame`` is not the window tracker's."""
         wt = self.window_tracker
-        if wt is None or frame not in self._frames or obj_id not in wt.obj_ids:
-            return False
+        if self.running or wt is None or frame not in self._frames or obj_id not in wt.obj_ids:
+            return False  # (while it runs, its trackers are in use: the next feed gives it)
         key = (frame, obj_id)
         if key in self._fed and self._fed[key][0] == "mask":
             return False  # a mask prompt refined: the session refines it in the tracker
@@ -256,7 +264,7 @@ class SessionWindows:
         stop = None if stop is None else source.check_index(stop)
         wanted = self._wanted()
         if not wanted:
-            raise PromptError("no objects to track: add a prompt with add_prompt() first")
+            raise PromptError("no objects to track: click on an object first")
         new = set(self.window_tracker.new_prompt_frames) if self.window_tracker else set()
         frames = (new | self.pending()) or {f for f, _ in wanted}
 
@@ -271,21 +279,22 @@ class SessionWindows:
         with lock:
             self.feed()
             run = self.window_tracker.propagate(direction, start, stop)
-        while True:
-            with lock:
-                try:
-                    result = next(run)
-                except StopIteration:
-                    return
-                self._frames.add(result.frame)
-                self.recentrings = dict(result.recentred)
-                shown = self.windows.result(result)
-            try:
-                yield shown
-            except GeneratorExit:
+            self.running = True
+        try:
+            while True:
                 with lock:
-                    run.close()
-                raise
+                    try:
+                        result = next(run)
+                    except StopIteration:
+                        return
+                    self._frames.add(result.frame)
+                    self.recentrings = dict(result.recentred)
+                    shown = self.windows.result(result)
+                yield shown
+        finally:
+            with lock:
+                run.close()
+                self.running = False
 
     def downscaled(self, frame: int) -> None:
         """``frame`` was propagated by the downscaled tracker: its results are the tracker's."""
