@@ -1,6 +1,8 @@
 """Big slices in the widget (tiles on by default): a click is answered at native resolution in
-the window that holds it (outlined in *SAM2 window*), anywhere on the slice, and the clicked
-masks still start the propagation. The 128-pixel test model tiles 600 x 700 slices."""
+the window that holds it (outlined in *SAM2 window*), anywhere on the slice; propagation follows
+each object in a native-resolution window (as ns.WindowTracker on the same clicks), corrections
+re-propagate, and divisions run downscaled, saying so. The 128-pixel test model tiles 600 x 700
+slices."""
 
 from __future__ import annotations
 

@@ -143,3 +143,23 @@ def test_a_click_while_it_propagates_waits_for_the_next_propagation(mini_model):
     assert session.passes() == [(2, 2, False)]  # the next one follows the click
     assert [r.frame for r in session.propagate("forward")] == [2]
     assert not session.prompts_waiting(True)
+
+
+def test_mask_prompts_and_their_refining_clicks_are_given_to_the_window_tracker(mini_model):
+    frames = big_frames()
+    rr, cc = np.mgrid[:420, :400]
+    labels = np.zeros((420, 400), np.uint16)
+    labels[(rr - 40) ** 2 + (cc - 50) ** 2 < 9**2] = 1  # segment everything's objects, say
+    labels[(rr - 370) ** 2 + (cc - 340) ** 2 < 9**2] = 2
+    session = PromptSession(mini_model, frames, tiles=True)
+    session.add_label_prompts(0, labels)
+    refine = PointRow(2, 0, 372.0, 342.0, True)
+    session.sync_frame(0, [refine], [])
+    results = {r.frame: r for r in session.propagate("forward")}
+    ref = ns.WindowTracker(mini_model, frames, window=session.tracker.source.window)
+    ref.add_labels(0, labels)
+    ref.add_prompt(0, 2, points=[(372.0, 342.0)], labels=[1])
+    expected = {r.frame: r for r in ref.propagate()}
+    for t in (0, 1, 2):
+        assert results[t].windows == expected[t].windows
+        np.testing.assert_array_equal(results[t].logits, expected[t].logits)

@@ -76,6 +76,8 @@ class PropagationMixin:
         span = (min(covered), max(covered))
         run = (call, span, todo, yields, time.perf_counter(), run_ids, windowed)
         only = "" if run_ids is None else f" (objects {todo} only{self._unchanged(chosen, todo)})"
+        if windowed and obj_ids is not None and set(chosen) != set(every):
+            only = " (every object: in windows all objects are followed together)"
         how = _how(windowed, session.downscaled_because(**lineage))
         self.feedback.say(
             f"Propagating {direction} over {slices} slices{how}{only}"

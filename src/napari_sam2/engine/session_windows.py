@@ -146,7 +146,9 @@ class SessionWindows:
         take back those the session no longer has."""
         wt = self._tracker()
         wanted = self._wanted()
+        order = {o: i for i, o in enumerate(self.tracker.obj_ids)}  # results list them so
         todo = [(k, v) for k, v in wanted.items() if not _same(self._fed.get(k), v)]
+        todo.sort(key=lambda kv: (order[kv[0][1]], kv[0][0]))
         masks: dict[tuple[int, int], list[int]] = {}  # (frame, id(labels)) -> objects
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracker warned of the same prompts already
