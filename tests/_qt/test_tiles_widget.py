@@ -139,3 +139,30 @@ def test_propagation_with_divisions_on_big_slices_runs_downscaled_and_says_so(
     wait(qtbot, widget)
     assert "in native-resolution windows" not in widget.status.value
     assert (np.asarray(widget.labels_layer.data[1]) > 0).any()
+
+
+def test_cancel_in_windows_keeps_a_prefix_and_propagate_finishes_it(
+    make_napari_viewer, qtbot, model
+):
+    from qt_helpers import on_each_slice
+
+    data = big_slices(t=4)
+    viewer, widget = started(make_napari_viewer, qtbot, model, data)
+    widget.direction.value = "forward"
+    click(qtbot, widget, 0, 520, 610)
+
+    def cancel_at_once(result):
+        widget.cancel()
+
+    with on_each_slice(widget, cancel_at_once):
+        widget.propagate()
+        wait(qtbot, widget)
+    labels = np.asarray(widget.labels_layer.data)
+    done = [t for t in range(4) if (labels[t] == 1).any()]
+    assert done == list(range(len(done))) and len(done) < 4  # a prefix of the stack
+    assert "Stopped after" in widget.status.value
+    widget.propagate()
+    wait(qtbot, widget)
+    assert "Propagated over 4 slices in native-resolution windows" in widget.status.value
+    expected = _reference_labels(model, data, widget.session, [(0, 1, 520, 610, True)])
+    np.testing.assert_array_equal(np.asarray(widget.labels_layer.data)[1:], expected[1:])

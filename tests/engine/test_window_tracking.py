@@ -325,3 +325,23 @@ def test_result_answers_from_the_window_the_object_was_followed_in_on_that_frame
     tracker.add_prompt(t, 1, points=[(64, 64)], labels=[1])
     assert tracker.result(t).windows == (tracker.windows[1],)
     tracker.close()
+
+
+def test_after_a_cancel_the_next_propagation_gives_what_an_uninterrupted_one_gives(mini_model):
+    frames = moving(8)
+    whole = WindowTracker(mini_model, frames)
+    whole.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+    expected = [r.logits for r in whole.propagate()]
+    assert whole.recentrings[1] >= 1  # the prompt window's tracker went idle mid-pass
+    tracker = WindowTracker(mini_model, frames)
+    tracker.add_prompt(0, 1, points=[(64, 64)], labels=[1])
+    run = tracker.propagate()
+    for _ in range(5):
+        next(run)
+    run.close()  # cancel
+    again = list(tracker.propagate())
+    assert [r.frame for r in again] == list(range(8))
+    for r, logits in zip(again, expected):
+        np.testing.assert_array_equal(r.logits, logits)
+    whole.close()
+    tracker.close()

@@ -201,8 +201,7 @@ class SessionWindows:
             wt.clear_prompts(frame, obj_id)
 
     def forget(self, obj_id: int) -> None:
-        """An object removed or renamed in the session: out of the window tracker (a renamed
-        one is given again, under its new id, by the next propagation)."""
+        """An object removed from the session: out of the window tracker."""
         wt = self.window_tracker
         if self.running:  # its trackers are in use: the next feed takes it out
             return

@@ -83,6 +83,8 @@ class _Run:
     def start(self, direction: str, first: int, last: int, obj_ids=None) -> None:
         if self.gen is not None:
             self.gen.close()
+        # from ``first``, always: not where an interrupted pass of the same call stopped
+        self.tracker._unfinished = None
         self.gen = self.tracker.propagate(direction, first, last, obj_ids=obj_ids)
 
 
