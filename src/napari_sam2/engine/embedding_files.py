@@ -14,6 +14,8 @@ import numpy as np
 FORMAT = "napari-sam2 embeddings 2"
 STORE_DTYPES = ("float16", "float32")
 FRAME_ARRAYS = ("features", "high_res_0", "high_res_1")  # one chunk per frame
+WINDOWS = "windows"  # a folder of window stores, one per window (EmbeddingStore.window)
+CHANNELS_LAST = "channels_last"  # attribute: the arrays the model gives in channels-last layout
 RECORDS = "frames"  # (T, 2) uint64 per frame: pixel hash (0: not stored), embedding checksum
 
 
@@ -25,6 +27,20 @@ class EmbeddingsError(ValueError):
 class EmbeddingsWarning(UserWarning):
     """A frame of an embeddings store that was not used (pixels changed, damaged), or a store
     that cannot be written: the frames concerned are computed again."""
+
+
+def window_name(window: tuple[int, int, int, int]) -> str:
+    """The folder name of a window's store: ``r0-c0-r1-c1``."""
+    return "-".join(str(int(v)) for v in window)
+
+
+def window_key(name: str) -> tuple[int, int, int, int] | None:
+    """The window a folder name of :func:`window_name` stands for (None: not one)."""
+    parts = name.split("-")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        return None
+    r0, c0, r1, c1 = (int(p) for p in parts)
+    return (r0, c0, r1, c1)
 
 
 def open_group(path: Path, mode: str):

@@ -5,6 +5,7 @@ pixels (:func:`frame_fingerprint`), and the check that refuses a store made for 
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -35,6 +36,26 @@ def data_signature(source) -> dict:
         "channel": int(source.channel),
         "window": None if window is None else [float(window.low), float(window.high)],
         "pixels_sha256": digest.hexdigest(),
+    }
+
+
+def image_signature(image, channel: int, window) -> dict:
+    """What identifies one image's embeddings (:class:`~napari_sam2.ImagePredictor`'s windows):
+    shape, dtype, the channel and intensity window, a hash of about 2**18 evenly strided pixels
+    (``image[::s, ::s]``: a big lazy image is never read whole; each window's own pixels are
+    checked on every read) and the predictor's preprocessing (the image path, not the video
+    loader's, so a stack's store is never taken for an image's)."""
+    height, width = (int(n) for n in image.shape[:2])
+    step = max(1, math.isqrt(height * width // _HASH_VALUES))
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(np.asarray(image[::step, ::step])).tobytes())
+    return {
+        "shape": [int(n) for n in image.shape],
+        "dtype": str(np.dtype(image.dtype)),
+        "channel": int(channel),
+        "window": None if window is None else [float(window.low), float(window.high)],
+        "pixels_sha256": digest.hexdigest(),
+        "preprocess": "image",
     }
 
 
@@ -96,6 +117,8 @@ def check_signature_of(path: Path, stored: dict, expected: dict) -> None:
         "model": "model",
         "image_size": "input size",
         "weights_sha256": "weights",
+        "preprocess": "preprocessing (image predictor or tracker)",
+        "tile": "window",
     }
     details = ", ".join(
         f"{labels.get(k, k)} ({stored.get(k)!r} in the store, {expected.get(k)!r} here)"

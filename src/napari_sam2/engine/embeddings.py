@@ -29,6 +29,12 @@ What a store returns is proven to be the embedding of that frame under those wei
   raises :class:`EmbeddingsError` naming the store, the problem and the fix (delete it, or give
   another path).
 
+**Windows** of big frames (tiles: docs/big-images.md) are kept beside the whole frames, each
+window a store of its own inside this one (:meth:`EmbeddingStore.window`, folder
+``windows/r0-c0-r1-c1``): the same arrays, records and checks for the frames cropped to the
+window, under this store's signature plus the window. A window's embedding depends only on its
+pixels, so windows of runs with another tile, halo or margin are read where they coincide.
+
 A store that cannot be written (a read-only mount, no permission) is opened read-only: the
 frames it holds are read (and checked); frames it lacks, or holds for other pixels or damaged,
 are computed into a temporary store (removed on close) instead, with one warning. A new store is
@@ -50,10 +56,12 @@ import torch
 from ..model import SAM2Model
 from ..model.sam2 import ImageEmbedding
 from .embedding_files import (
+    CHANNELS_LAST,
     FORMAT,
     FRAME_ARRAYS,
     RECORDS,
     STORE_DTYPES,
+    WINDOWS,
     EmbeddingsError,
     EmbeddingsWarning,
     check_format,
@@ -65,6 +73,8 @@ from .embedding_files import (
     open_group,
     read_records,
     store_bytes,
+    window_key,
+    window_name,
 )
 from .embedding_signatures import (
     check_signature_of,
@@ -72,6 +82,7 @@ from .embedding_signatures import (
     data_signature,
     embedding_layout,
     frame_fingerprint,
+    image_signature,
     model_signature,
 )
 
@@ -84,6 +95,7 @@ __all__ = [
     "data_signature",
     "embedding_layout",
     "frame_fingerprint",
+    "image_signature",
     "model_signature",
     "store_bytes",
     "store_for",
@@ -101,10 +113,20 @@ class EmbeddingStore:
     ``put(t, emb, pixels)`` stores it. ``pixels`` is :func:`frame_fingerprint` of the frame.
     """
 
-    def __init__(self, group, path: Path, writable: bool = True) -> None:
+    def __init__(
+        self,
+        group,
+        path: Path,
+        writable: bool = True,
+        signature: dict | None = None,
+        layout: dict | None = None,
+    ) -> None:
         self.group = group
         self.path = path
         self.writable = writable
+        self.signature = dict(signature or {})  # what it was opened for (its windows inherit it)
+        self._layout = layout
+        self._window_stores: dict[tuple[int, int, int, int], EmbeddingStore | None] = {}
         self._finalizer = None
         self._pos: np.ndarray | None = None  # the position encoding, as stored and checked
         self._pos_written = False  # by this object: the store's pos is the model's
@@ -135,7 +157,7 @@ class EmbeddingStore:
         check_format(path, stored)
         cls.check_signature(path, stored.get("signature", {}), signature)
         check_structure(path, group, num_frames, layout)
-        return cls(group, path, writable)
+        return cls(group, path, writable, signature, layout)
 
     @classmethod
     def temporary(
@@ -181,6 +203,46 @@ class EmbeddingStore:
         """Whether the store at ``path`` may be written (not a read-only mount, permitted)."""
         return is_writable(Path(path))
 
+    def window(self, window) -> EmbeddingStore | None:
+        """The store of one window's embeddings: every frame cropped to ``window`` (min_row,
+        min_col, max_row, max_col), kept inside this store (``windows/r0-c0-r1-c1``) with the
+        same checks, this store's signature plus the window, its frames and dtype. Made when
+        first asked for; None when this store is read-only and holds no such window (said once:
+        the caller computes it without keeping it here)."""
+        key = tuple(int(v) for v in window)
+        if key in self._window_stores:
+            return self._window_stores[key]
+        path = self.path / WINDOWS / window_name(key)
+        store = None
+        if path.exists() or self.writable:
+            path.parent.mkdir(exist_ok=True)
+            signature = {**self.signature, "tile": list(key)}
+            store = EmbeddingStore.open(path, signature, self.num_frames, self.dtype, self._layout)
+        elif "windows" not in self._warned:
+            self._warned.add("windows")
+            warnings.warn(
+                f"embeddings store {self.path} cannot be written (read-only) and holds no window "
+                f"{key}: the windows it lacks are computed, not kept in it (said once)",
+                EmbeddingsWarning,
+                stacklevel=3,
+            )
+        self._window_stores[key] = store
+        return store
+
+    @property
+    def windows_stored(self) -> list[tuple[int, int, int, int]]:
+        """The windows this store holds embeddings of (made, whatever their frames)."""
+        folder = self.path / WINDOWS
+        if not folder.is_dir():
+            return []
+        names = (window_key(p.name) for p in sorted(folder.iterdir()) if p.is_dir())
+        return [key for key in names if key is not None]
+
+    @property
+    def is_temporary(self) -> bool:
+        """Whether this store is removed on :meth:`close` (made by :meth:`temporary`)."""
+        return self._finalizer is not None
+
     @property
     def dtype(self) -> str:
         return str(self.group.attrs["dtype"])
@@ -217,13 +279,19 @@ class EmbeddingStore:
                        "chunk was deleted)")  # fmt: skip
             return None
 
-        def tensor(array):
-            array = torch.from_numpy(np.ascontiguousarray(array)[None]).float()
-            return array.to(device) if device is not None else array
+        # In the memory layout the model gave them: the decoder's sums then run in the same
+        # order, and a float32 store gives bit-identical results to computing again.
+        channels_last = set(self.group.attrs.get(CHANNELS_LAST, ()))
 
-        return ImageEmbedding(
-            tensor(parts[0]), (tensor(parts[1]), tensor(parts[2])), tensor(pos[0])
-        )
+        def tensor(array, name):
+            array = torch.from_numpy(np.ascontiguousarray(array)[None]).float()
+            array = array.to(device) if device is not None else array
+            if name in channels_last:
+                return array.contiguous(memory_format=torch.channels_last)
+            return array.contiguous()
+
+        features, high_0, high_1 = (tensor(p, n) for p, n in zip(parts, FRAME_ARRAYS))
+        return ImageEmbedding(features, (high_0, high_1), tensor(pos[0], "pos"))
 
     def put(self, t: int, emb: ImageEmbedding, pixels: int) -> None:
         """Store frame ``t``'s embedding, computed from a frame of fingerprint ``pixels``: the
@@ -235,6 +303,10 @@ class EmbeddingStore:
             for t in (emb.features, *emb.high_res)
         ]
         pos = emb.pos.detach().float().cpu().numpy()
+        layouts = zip((*FRAME_ARRAYS, "pos"), (emb.features, *emb.high_res, emb.pos))
+        channels_last = [n for n, x in layouts if _is_channels_last(x)]
+        if list(self.group.attrs.get(CHANNELS_LAST, [])) != channels_last:
+            self.group.attrs[CHANNELS_LAST] = channels_last
         if FRAME_ARRAYS[0] not in self.group:  # a store made without a layout
             create_arrays(self.group, self.num_frames, self.dtype, layout_of(parts, pos))
         self._check_shapes(parts, pos)
@@ -286,6 +358,12 @@ class EmbeddingStore:
         """Remove a temporary store's files (a store at a path of the user's stays)."""
         if self._finalizer is not None:
             self._finalizer()
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return (
+        x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def temporary_dtype(num_frames: int, layout: dict, parent=None) -> str:
