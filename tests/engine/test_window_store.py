@@ -143,3 +143,19 @@ def test_a_window_tracker_on_a_store_encodes_no_stored_window_frame(mini_model, 
     np.testing.assert_array_equal(second, in_ram)
     opened = EmbeddingStore.open(store, EmbeddingStore.read_signature(store), len(frames))
     assert {(0, 0, 128, 128), (256, 256, 384, 384)} <= set(opened.windows_stored)
+
+
+def test_the_strided_stack_window_is_frame_source_s_rule_on_a_sample():
+    from napari_sam2.engine.frames import FrameSource
+    from napari_sam2.engine.preprocess import IntensityWindow
+    from napari_sam2.engine.window_frames import stack_window
+
+    rng = np.random.default_rng(3)
+    small = rng.gamma(2.0, 300.0, (8, 200, 200)).astype(np.uint16)  # 320k pixels: read whole
+    ours = stack_window(small, small.shape, small.dtype, 0, (0.5, 99.5))
+    assert ours == FrameSource(small, image_size=128).window
+    big = rng.gamma(2.0, 300.0, (3, 1200, 1200)).astype(np.uint16)  # every 3rd row and column
+    ours = stack_window(big, big.shape, big.dtype, 0, (0.5, 99.5))
+    assert ours == IntensityWindow.from_percentiles(big[:, ::3, ::3], (0.5, 99.5))
+    whole = FrameSource(big, image_size=128).window
+    assert whole == IntensityWindow.from_percentiles(big, (0.5, 99.5)) and whole != ours
