@@ -118,6 +118,46 @@ def test_segment_tiles_on_refuses_a_store_of_another_input_size(mini_model, tmp_
     refuses([*argv, *fast, *extra], capsys, tmp_path, "input size (128 in the store, 256 here)")
 
 
+# ------------------------------------------------------------------ damaged windows
+@refused
+def test_segment_refuses_a_store_with_a_damaged_window_before_the_model(
+    mini_model, tmp_path, capsys
+):
+    import shutil
+
+    from napari_sam2.engine.frames import FrameSource
+
+    frames = stack(2)
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, frames, photometric="minisblack")
+    (tmp_path / "p.csv").write_text("frame,obj_id,row,col,label\n0,1,45,50,1\n")
+    store = tmp_path / "s.embeddings.zarr"
+    tracked(mini_model, frames, store, window=FrameSource(frames, image_size=128).window)
+    damaged = sorted((store / "windows").iterdir())[0]
+    shutil.rmtree(damaged / "frames")
+    argv = ["segment", tif, "-p", tmp_path / "p.csv", "-o", tmp_path / "o.tif", *FAST, *NO_MODEL]
+    extra = ["--tiles", "on", "--embeddings", store]
+    err = refuses([*argv, *extra], capsys, tmp_path, f"{damaged.name} is damaged")
+    assert "per-frame records" in err and "Delete it" in err
+
+
+@handled
+def test_a_damaged_window_met_while_prompting_is_said_and_computed(mini_model, tmp_path):
+    import shutil
+
+    store = tmp_path / "image.zarr"
+    clicks(mini_model, image(), store)
+    (damaged,) = [p for p in (store / "windows").iterdir() if p.name.startswith("0-0-")]
+    shutil.rmtree(damaged / "features")
+    expected = clicks(mini_model, image(), None)
+    with pytest.warns(EmbeddingsWarning, match="is damaged.*computed, not kept"):
+        got, took = encodings(mini_model, lambda: clicks(mini_model, image(), store))
+    assert took == 1  # the damaged window; the other one is read
+    for (tile_a, a), (tile_b, b) in zip(got, expected):
+        assert tile_a == tile_b
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------ other windows
 @handled
 def test_a_store_written_with_another_tile_and_halo_adds_the_new_windows(mini_model, tmp_path):

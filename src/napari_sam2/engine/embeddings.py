@@ -195,8 +195,10 @@ class EmbeddingStore:
         another number of frames or ``layout``, without opening it for writing."""
         path = Path(path)
         group = open_group(path, mode="r")
-        check_format(path, dict(group.attrs))
+        stored = dict(group.attrs)
+        check_format(path, stored)
         check_structure(path, group, num_frames, layout)
+        check_windows(path, stored.get("signature", {}), num_frames, layout)
 
     @staticmethod
     def can_write(path) -> bool:
@@ -217,15 +219,16 @@ class EmbeddingStore:
         if path.exists() or self.writable:
             path.parent.mkdir(exist_ok=True)
             signature = {**self.signature, "tile": list(key)}
-            store = EmbeddingStore.open(path, signature, self.num_frames, self.dtype, self._layout)
-        elif "windows" not in self._warned:
-            self._warned.add("windows")
-            warnings.warn(
-                f"embeddings store {self.path} cannot be written (read-only) and holds no window "
-                f"{key}: the windows it lacks are computed, not kept in it (said once)",
-                EmbeddingsWarning,
-                stacklevel=3,
-            )
+            try:
+                store = EmbeddingStore.open(
+                    path, signature, self.num_frames, self.dtype, self._layout
+                )
+            except EmbeddingsError as e:  # found while working: said, and computed instead
+                self._say("damaged window", f"{e}; meanwhile the window is computed, not kept")
+        else:
+            self._say("windows", f"embeddings store {self.path} cannot be written (read-only) "
+                      f"and holds no window {key}: the windows it lacks are computed, not kept "
+                      "in it")  # fmt: skip
         self._window_stores[key] = store
         return store
 
@@ -340,6 +343,11 @@ class EmbeddingStore:
                     "another store, or delete it"
                 )
 
+    def _say(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message + " (said once)", EmbeddingsWarning, stacklevel=4)
+
     def _drop(self, t: int, kind: str, what: str) -> None:
         """Forget frame ``t``'s record here (it is computed again), warning once per kind."""
         self._records[t] = 0
@@ -358,6 +366,25 @@ class EmbeddingStore:
         """Remove a temporary store's files (a store at a path of the user's stays)."""
         if self._finalizer is not None:
             self._finalizer()
+
+
+def check_windows(path: Path, signature: dict, num_frames: int, layout: dict | None) -> None:
+    """Refuse a store whose window stores are damaged (format, structure) or were made for
+    another window than their folder names: each is checked as a store (about 10 ms each, so
+    :meth:`EmbeddingStore.check` does it before a run, and :meth:`EmbeddingStore.window`
+    finds it for one window, said and computed instead)."""
+    folder = Path(path) / WINDOWS
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.iterdir()):
+        key = window_key(sub.name)
+        if key is None or not sub.is_dir():
+            continue  # a window being built by another process, or not ours
+        group = open_group(sub, mode="r")
+        stored = dict(group.attrs)
+        check_format(sub, stored)
+        check_signature_of(sub, stored.get("signature", {}), {**signature, "tile": list(key)})
+        check_structure(sub, group, num_frames, layout)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
