@@ -56,9 +56,9 @@ def open_group(path: Path, mode: str):
 
 def is_writable(path: Path) -> bool:
     """Whether the store's folders may be written (false on a read-only mount, or without
-    permission): those where chunks and records go."""
+    permission): those where chunks and records go, and where window stores are made."""
     folders = [path] + [path / n for n in (*FRAME_ARRAYS, "pos", RECORDS)]
-    folders += [f / "c" for f in folders[1:]]
+    folders += [f / "c" for f in folders[1:]] + [path / WINDOWS]
     return all(os.access(f, os.W_OK | os.X_OK) for f in folders if f.is_dir())
 
 
