@@ -57,3 +57,26 @@ def test_segment_tracks_big_frames_in_windows_unless_told_not_to(
     expected = ns.track_to_labels(tracker, direction="both")
     tracker.close()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_segment_with_an_embeddings_store_tracks_in_windows_and_keeps_them(
+    big, random_tiny_checkpoint, tmp_path, capsys
+):
+    from napari_sam2.engine.embeddings import EmbeddingStore
+
+    tif, csv = big
+    assert segment(tif, csv, tmp_path / "ram.tif", random_tiny_checkpoint) == 0
+    in_ram = tifffile.imread(tmp_path / "ram.tif")
+    store = tmp_path / "big.embeddings.zarr"
+    exact = ["--embeddings-dtype", "float32"]
+    argv = ["embed", tif, "-o", store, "--checkpoint", random_tiny_checkpoint, *FAST, *exact]
+    assert main([str(a) for a in argv]) == 0  # whole frames first: windows join them
+    for run, tiles in (("first", "auto"), ("second", "on")):
+        out = tmp_path / f"{run}.tif"
+        extra = ["--tiles", tiles, "--embeddings", store]
+        assert segment(tif, csv, out, random_tiny_checkpoint, *extra, *exact) == 0
+        np.testing.assert_array_equal(tifffile.imread(out), in_ram)
+    opened = EmbeddingStore.open(store, EmbeddingStore.read_signature(store), T, "float32")
+    assert opened.frames_done == T
+    windows = [opened.window(w) for w in opened.windows_stored]
+    assert len(windows) >= 2 and all(w.frames_done >= 1 for w in windows)

@@ -27,7 +27,6 @@ def big(t: int = 3):
         ({"margin": 40}, "between 0 and a quarter of the tile"),
         ({"margin": -1}, "between 0 and a quarter"),
         ({"margin": True}, "margin must be an integer"),
-        ({"embeddings": "store.zarr"}, "holds whole frames"),
     ],
 )
 def test_bad_window_options_are_refused(mini_model, options, match):
@@ -56,7 +55,6 @@ def test_bad_tiles_value_and_lineage_in_windows_are_refused(mini_model):
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        (["--embeddings", "store"], "holds whole frames"),
         (["--divisions", "--direction", "forward"], "--divisions track whole frames"),
     ],
 )

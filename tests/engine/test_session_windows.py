@@ -22,6 +22,7 @@ def big_frames(t=3, h=420, w=400):
         data[i][(rr - 370) ** 2 + (cc - 340 - i) ** 2 < 9**2] = 3000
     return data
 
+
 CLICKS = [PointRow(1, 0, 370.0, 340.0, True), PointRow(2, 0, 40.0, 50.0, True)]
 
 
@@ -98,9 +99,7 @@ def test_cancel_keeps_what_was_yielded_and_the_next_run_starts_again(mini_model)
     assert len(list(session.propagate("forward"))) == 3
 
 
-def test_lineage_and_embeddings_stores_fall_back_to_the_downscaled_tracker(
-    mini_model, tmp_path
-):
+def test_lineage_and_embeddings_stores_fall_back_to_the_downscaled_tracker(mini_model, tmp_path):
     frames = big_frames(t=2)
     session = PromptSession(mini_model, frames, tiles=True)
     session.sync_frame(0, CLICKS, [])

@@ -254,19 +254,20 @@ def embeddings_path(
 TILES_CHOICES = ("auto", "on", "off")
 
 
-def tracking_tiles(options: SegmentOptions, embeddings=None) -> bool | str:
+def tracking_tiles(options: SegmentOptions) -> bool | str:
     """The ``tiles`` a job's tracker gets (``engine.window_tracking.make_tracker``):
-    "auto" tracks frames larger than 1.5 times the model's input in windows, except with an
-    embeddings store (it holds whole frames) or new objects / divisions (whole frames only)."""
+    "auto" tracks frames larger than 1.5 times the model's input in windows (an embeddings
+    store then keeps each window's frames), except with new objects / divisions (whole frames
+    only)."""
     if options.tiles == "off":
         return False
     if options.tiles == "on":
         return True
     lineage = options.new_objects is not None or options.divisions
-    return False if embeddings is not None or lineage else "auto"
+    return False if lineage else "auto"
 
 
-def check_tiles(options: SegmentOptions, embeddings=None) -> None:
+def check_tiles(options: SegmentOptions) -> None:
     """Refuse a ``tiles`` option that cannot work, before anything is read."""
     if options.tiles not in TILES_CHOICES:
         raise InputError(
@@ -274,12 +275,6 @@ def check_tiles(options: SegmentOptions, embeddings=None) -> None:
         )
     if options.tiles != "on":
         return
-    if embeddings is not None:
-        raise InputError(
-            "--tiles on tracks in windows, and an embeddings store (--embeddings) holds whole "
-            "frames: leave out --embeddings, or use --tiles off (or auto, which then tracks "
-            "whole frames)"
-        )
     if options.new_objects is not None or options.divisions:
         raise InputError(
             "--new-objects and --divisions track whole frames: use --tiles off (or auto) with them"
@@ -290,7 +285,7 @@ def check_job(job: SegmentJob, options: SegmentOptions) -> CheckedJob:
     """Read and check everything of ``job`` that can be checked without the model: the stack
     (shape, dtype, channel), the prompts against it, the propagation range, the label dtype,
     and the stack's intensity window (read from up to 8 frames, reused by :func:`run_job`)."""
-    check_tiles(options, job.embeddings)
+    check_tiles(options)
     if options.spill_dir is not None:
         check_writable_folder(options.spill_dir, what="--spill-dir")
     stack = open_stack(job.stack, axis=options.axis, index=options.index)

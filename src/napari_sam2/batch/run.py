@@ -11,6 +11,7 @@ widget-free API (:func:`~napari_sam2.segment_many`) and the Dask tasks all run t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -182,8 +183,10 @@ def segment_everything(model, stack, checked: CheckedJob, options: SegmentOption
 
 def embed_stack(model, stack_path: Path, store: Path, options: SegmentOptions, progress=None):
     """Compute every frame's embedding of a stack into ``store`` (frames already there are
-    skipped); returns (frames encoded, frames in the stack)."""
-    with tracking(model, stack_path, options, store) as (stack, tracker):
+    skipped); returns (frames encoded, frames in the stack). Whole frames: the windows a
+    tracking run needs depend on its prompts, and are kept in the store as it runs."""
+    whole = dataclasses.replace(options, tiles="off")
+    with tracking(model, stack_path, whole, store) as (stack, tracker):
         return tracker.precompute(progress=progress), stack.num_frames
 
 
@@ -200,7 +203,7 @@ def tracking(model, stack_path: Path, options: SegmentOptions, embeddings=None, 
         tracker = make_tracker(
             model,
             stack.frames,
-            tracking_tiles(options, embeddings),
+            tracking_tiles(options),
             channel=options.channel,
             window=window,
             spill_dir=options.spill_dir,

@@ -257,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--embeddings",
         metavar="STORE",
-        help="an embeddings store (from `napari-sam2 embed`) to use and fill: the stack's "
-        "store, or a folder of <stack name>.embeddings.zarr for several stacks; default: a "
-        "temporary one",
+        help="an embeddings store (from `napari-sam2 embed`, or made here) to use and fill: the "
+        "stack's store, or a folder of <stack name>.embeddings.zarr for several stacks; with "
+        "tiles it keeps each window's frames too, for the next run; default: a temporary one",
     )
     seg.add_argument(
         "--tiles",
@@ -267,9 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="follow each object in a native-resolution window around it instead of resizing "
         "the whole frame to the model's input: auto (default) for frames larger than 1.5 times "
-        "the input on a side, unless --embeddings, --new-objects or --divisions is given (they "
-        "need whole frames); on for any frame larger than the input; off never "
-        "(docs/big-images.md)",
+        "the input on a side, unless --new-objects or --divisions is given (they need whole "
+        "frames); on for any frame larger than the input; off never (docs/big-images.md)",
     )
     seg.set_defaults(run=segment)
 
@@ -282,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute SAM 2's image embedding of every frame into a zarr store, e.g. on a "
         "GPU node, so that segmenting (segment --embeddings, or the widget) later starts at "
         "once: the image encoder is most of the work. A store is tied to its stack, model and "
-        "input size; an existing one is completed.",
+        "input size; an existing one is completed. It holds whole frames: the windows that "
+        "segment tracks big frames in (--tiles) depend on the prompts, and segment --embeddings "
+        "adds them to the store as it runs.",
     )
     emb.add_argument("stacks", nargs="+", metavar="STACK", help="as for segment")
     emb.add_argument(

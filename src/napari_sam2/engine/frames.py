@@ -3,6 +3,7 @@ with the next frame prepared in a background thread while the current one is com
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,29 @@ def window_sample_frames(num_frames: int) -> list[int]:
     """The frames a stack's intensity window is computed on: up to 8, evenly spaced."""
     picks = np.linspace(0, num_frames - 1, _WINDOW_SAMPLE_FRAMES).astype(int)
     return [int(t) for t in np.unique(picks)]
+
+
+def sample_stack_window(
+    read: Callable[[int, int], np.ndarray],
+    num_frames: int,
+    frame_pixels: int,
+    percentiles,
+    budget: int | None = None,
+) -> IntensityWindow:
+    """A stack's intensity window: the ``percentiles`` of up to 8 evenly spaced frames
+    (:func:`window_sample_frames`). ``read(t, step)`` gives frame ``t``'s chosen channel(s),
+    every ``step``-th row and column; ``step`` is 1 (whole frames, :class:`FrameSource`) unless
+    a pixel ``budget`` is given, then the stride that keeps the sample near it (the strided
+    reads of :class:`~napari_sam2.WindowTracker`, which never reads a whole big frame)."""
+    picks = window_sample_frames(num_frames)
+    step = 1
+    if budget is not None:
+        step = max(1, math.ceil(math.sqrt(frame_pixels * len(picks) / budget)))
+    sample = np.stack([read(t, step) for t in picks])
+    try:
+        return IntensityWindow.from_percentiles(sample, percentiles)
+    except ValueError as e:
+        raise FrameSourceError(f"cannot set the stack's intensity window: {e}") from None
 
 
 class FrameSourceError(ValueError):
@@ -86,12 +110,12 @@ class FrameSource:
         window = as_window(window)  # a (low, high) pair is a window too
         if window is None and dtype not in (np.uint8, np.bool_):
             # On what SAM 2 will see: the chosen channel of multichannel data, not all of them.
-            picks = window_sample_frames(len(self))
-            sample = np.stack([self._checked(t, select_channels) for t in picks])
-            try:
-                window = IntensityWindow.from_percentiles(sample, percentiles)
-            except ValueError as e:
-                raise FrameSourceError(f"cannot set the stack's intensity window: {e}") from None
+            window = sample_stack_window(
+                lambda t, step: self._checked(t, select_channels),
+                len(self),
+                shape[1] * shape[2],
+                percentiles,
+            )
         self.window = window
 
     def __len__(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,14 @@ import torch.nn.functional as F
 from ..model import SAM2Model
 from ..model.mask_decoder import select_masks
 from ..model.sam2 import ImageEmbedding
+from .embeddings import (
+    EmbeddingStore,
+    EmbeddingsWarning,
+    embedding_layout,
+    frame_fingerprint,
+    image_signature,
+    model_signature,
+)
 from .preprocess import (
     DEFAULT_PERCENTILES,
     LARGE_IMAGE_PIXELS,
@@ -23,6 +32,7 @@ from .preprocess import (
     prepare_image,
     prepare_large_image,
     sample_window,
+    select_channels,
 )
 from .prompts import Prompt, PromptError, to_model_points
 from .tiles import (
@@ -124,6 +134,13 @@ class ImagePredictor:
     cut side; a prompt no window holds (a box larger than a window) on the downscaled whole
     image (``Prediction.downscaled``). ``set_image`` then reads no pixels but a sample for
     the intensity window, so a lazy image of any size stays lazy.
+
+    Embeddings store: ``set_image(image, embeddings=path)`` keeps the image's embeddings in a
+    zarr store (:mod:`.embeddings`), tied to that image, the intensity window and the model:
+    each window embedded is written there (``windows/r0-c0-r1-c1``) and read back, checked,
+    instead of being encoded again — by this predictor once it has left RAM, or by the next
+    one on the same store (another session, another machine). An image embedded whole is its
+    frame 0 (up to 4096² pixels).
     """
 
     def __init__(
@@ -152,6 +169,8 @@ class ImagePredictor:
         self._intensity: IntensityWindow | None = None
         self._windows: OrderedDict[Window, ImageEmbedding] = OrderedDict()
         self.grid: TileGrid | None = None  # the windows of the current image, when tiled
+        self.embeddings: EmbeddingStore | None = None  # the current image's store, if any
+        self._warned_read_only = False
 
     @property
     def is_image_set(self) -> bool:
@@ -168,14 +187,27 @@ class ImagePredictor:
         return list(self._windows)
 
     @torch.inference_mode()
-    def set_image(self, image: np.ndarray, *, window: IntensityWindow | None = None) -> None:
+    def set_image(
+        self,
+        image: np.ndarray,
+        *,
+        window: IntensityWindow | None = None,
+        embeddings=None,
+        embeddings_dtype: str | None = None,
+    ) -> None:
         """Embed ``image``: (H, W) or (H, W, C), any numeric dtype; numpy or lazy (dask, zarr,
         a memmap). Images above :data:`~napari_sam2.engine.preprocess.LARGE_IMAGE_PIXELS`
         (4096²) are read in strips and reduced by block means before the resize, so memory
         stays bounded (:func:`~napari_sam2.engine.preprocess.prepare_large_image`); smaller
         ones follow the official path exactly. A tiled image is embedded window by window in
         :meth:`predict` instead; its intensity window (other dtypes than uint8) is computed
-        once here, on a sample, so that every window shows intensities alike."""
+        once here, on a sample, so that every window shows intensities alike.
+
+        ``embeddings``: a store path (made if missing) or an :class:`~.embeddings.EmbeddingStore`
+        for this image's embeddings; :class:`~.embeddings.EmbeddingsError` (before anything
+        changes) if it was made for another image, intensity window, channel or model, or is
+        damaged. ``embeddings_dtype`` of a new store: "float16" (default) or "float32"
+        (exact: the same results as computing again)."""
         if not (hasattr(image, "shape") and hasattr(image, "dtype") and len(image.shape) >= 2):
             image = np.asarray(image)
         if self.tiles is not False:
@@ -185,11 +217,57 @@ class ImagePredictor:
             window = as_window(window)
             if window is None and np.dtype(image.dtype) not in (np.uint8, np.bool_):
                 window = sample_window(image, self.channel, self.percentiles)
+            store = self._open_store(image, window, embeddings, embeddings_dtype)
             self.reset()  # only now: a refused image keeps the previous one
             self._image, self._intensity, self._shape = image, window, shape
             self.grid = TileGrid(shape, self.tile, self.halo)
+            self.embeddings = store
             return
-        self.set_embedding(self._encode(image, window), shape)
+        store, pixels = None, None
+        if embeddings is not None and math.prod(shape) <= LARGE_IMAGE_PIXELS:
+            image = np.asarray(image)
+            window = as_window(window)
+            if window is None and image.dtype not in (np.uint8, np.bool_):
+                sample = select_channels(image, self.channel)  # what prepare_image computes
+                window = IntensityWindow.from_percentiles(sample, self.percentiles)
+            store = self._open_store(image, window, embeddings, embeddings_dtype)
+            pixels = frame_fingerprint(image)
+        emb = None if store is None else self._read(store, pixels)
+        if emb is None:
+            emb = self._encode(image, window)
+            self._write(store, emb, pixels)
+        self.set_embedding(emb, shape)
+        self.embeddings = store
+
+    def _open_store(self, image, window, embeddings, dtype) -> EmbeddingStore | None:
+        """The image's embeddings store (1 frame), checked against the image and model."""
+        if embeddings is None or isinstance(embeddings, EmbeddingStore):
+            return embeddings
+        signature = {
+            **image_signature(image, self.channel, window),
+            **model_signature(self.model),
+        }
+        layout = embedding_layout(self.model.config)
+        return EmbeddingStore.open(embeddings, signature, 1, dtype or "float16", layout)
+
+    def _read(self, store: EmbeddingStore | None, pixels: int) -> ImageEmbedding | None:
+        if store is None or 0 not in store:
+            return None
+        return store.get(0, self.model.device, pixels)
+
+    def _write(self, store: EmbeddingStore | None, emb: ImageEmbedding, pixels: int) -> None:
+        if store is None:
+            return
+        if store.writable:
+            store.put(0, emb, pixels)
+        elif not self._warned_read_only:
+            self._warned_read_only = True
+            warnings.warn(
+                f"embeddings store {store.path} cannot be written (read-only): the embeddings "
+                "it lacks are computed and kept in RAM only",
+                EmbeddingsWarning,
+                stacklevel=4,
+            )
 
     def _encode(self, image, window) -> ImageEmbedding:
         """The whole image's embedding (resized to the model's input)."""
@@ -213,10 +291,16 @@ class ImagePredictor:
             self._windows.move_to_end(tile)
             return self._windows[tile]
         r0, c0, r1, c1 = tile
-        if tile == (0, 0, *self._shape):
+        if tile == (0, 0, *self._shape):  # the downscaled whole image: in RAM only
             emb = self._encode(self._image, self._intensity)
         else:
-            emb = self._encode(np.asarray(self._image[r0:r1, c0:c1]), self._intensity)
+            crop = np.asarray(self._image[r0:r1, c0:c1])
+            store = None if self.embeddings is None else self.embeddings.window(tile)
+            pixels = None if store is None else frame_fingerprint(crop)
+            emb = self._read(store, pixels)
+            if emb is None:
+                emb = self._encode(crop, self._intensity)
+                self._write(store, emb, pixels)
         self._windows[tile] = emb
         while len(self._windows) > self.cache_windows:
             self._windows.popitem(last=False)
@@ -235,6 +319,7 @@ class ImagePredictor:
         self._intensity = None
         self._windows.clear()
         self.grid = None
+        self.embeddings = None
 
     @torch.inference_mode()
     def predict(

@@ -6,7 +6,6 @@ See :mod:`.window_tracking` for the tracker that uses them and docs/big-images.m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.sam2 import NO_OBJECT_LOGIT
-from .frames import FrameSourceError, window_sample_frames
+from .frames import sample_stack_window
 from .memory_bank import FrameRecord, SpillingStore
 from .preprocess import IntensityWindow, select_channels
 from .results import FrameResult
@@ -23,6 +22,7 @@ from .tiles import TileGrid, TilesError, Window, check_tile_options, tile_geomet
 # The default margin as a fraction of the tile: an object is placed at least tile / 8 from a
 # window's cut sides, and the window re-centres when its mask comes closer than half of that.
 MARGIN_FRACTION = 8
+SAMPLE_PIXELS = 1_000_000  # pixels read for a stack's intensity window (strided)
 
 
 class CroppedFrames:
@@ -54,22 +54,21 @@ class CroppedFrames:
 
 
 def stack_window(frames, shape, dtype, channel: int, percentiles) -> IntensityWindow | None:
-    """The intensity window of a whole stack of big frames, from about a million pixels: up to
-    8 evenly spaced frames, each read with an even stride (``frames[t, ::s, ::s]``), never a
-    whole frame. None for uint8 and bool data (no window). Frames small enough are read whole,
-    which gives what :class:`~napari_sam2.engine.frames.FrameSource` computes."""
+    """The intensity window of a whole stack of big frames, by the rule of
+    :class:`~napari_sam2.engine.frames.FrameSource` (:func:`.frames.sample_stack_window`: the
+    same frames and percentiles) but from about a million pixels: each frame read with an even
+    stride (``frames[t, ::s, ::s]``), never whole. None for uint8 and bool data (no window).
+    Frames small enough are read whole, which gives what ``FrameSource`` computes."""
     if np.dtype(dtype) in (np.uint8, np.bool_):
         return None
-    picks = window_sample_frames(int(shape[0]))  # the frames FrameSource samples
-    pixels = int(shape[1]) * int(shape[2]) * len(picks)
-    step = max(1, math.ceil(math.sqrt(pixels / 1_000_000)))
-    strided = CroppedFrames(frames, (0, 0, int(shape[1]), int(shape[2])), shape, dtype)
-    strided.step = step
-    sample = np.stack([select_channels(strided[t], channel) for t in picks])
-    try:
-        return IntensityWindow.from_percentiles(sample, percentiles)
-    except ValueError as e:
-        raise FrameSourceError(f"cannot set the stack's intensity window: {e}") from None
+    height, width = int(shape[1]), int(shape[2])
+    strided = CroppedFrames(frames, (0, 0, height, width), shape, dtype)
+
+    def read(t: int, step: int) -> np.ndarray:
+        strided.step = step
+        return select_channels(strided[t], channel)
+
+    return sample_stack_window(read, int(shape[0]), height * width, percentiles, SAMPLE_PIXELS)
 
 
 def check_window_options(tile, margin, image_size: int) -> tuple[int, int]:

@@ -34,6 +34,7 @@ import torch
 
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT
+from .embeddings import store_for
 from .frames import FrameSource
 from .plan import DIRECTIONS, plan_passes
 from .preprocess import DEFAULT_PERCENTILES, IntensityWindow
@@ -98,8 +99,11 @@ class WindowTracker:
     side of its window an object is placed (default: an eighth of the tile); the window
     re-centres when the object comes closer than half of it. The intensity window (``window``,
     or ``percentiles`` of a few frames) is set once on the whole stack. ``embeddings``: None (a
-    temporary store per window) or False (none); stores at a path hold whole frames and are not
-    used here. The other options are :class:`~napari_sam2.VideoTracker`'s, for each window.
+    temporary store per window), False (none), or a store (a path, made if missing, or an
+    :class:`~.embeddings.EmbeddingStore`) checked against the stack and model as a
+    :class:`~napari_sam2.VideoTracker`'s: each window's frames are kept in its window store
+    there (``windows/r0-c0-r1-c1``), read back instead of encoded again, by this tracker or the
+    next run. The other options are :class:`~napari_sam2.VideoTracker`'s, for each window.
     """
 
     def __init__(
@@ -120,12 +124,6 @@ class WindowTracker:
     ) -> None:
         self.model = model
         self.tile, self.margin = check_window_options(tile, margin, model.config.image_size)
-        if embeddings is not None and embeddings is not False:
-            raise TilesError(
-                "an embeddings store holds whole frames, and tracking in windows embeds windows: "
-                "pass embeddings=None (a temporary store per window) or False, or track whole "
-                "frames (VideoTracker, or --tiles off) to use the store"
-            )
         if window is None:  # set once for the whole stack, without reading a whole frame
             probe = FrameSource(
                 frames,
@@ -142,6 +140,10 @@ class WindowTracker:
             percentiles=percentiles,
         )
         self.placer = WindowPlacer(self.source.frame_shape, self.tile, self.margin)
+        self._store = None  # a store kept on disk: each window's frames in its window store
+        if embeddings is not None and embeddings is not False:
+            self._store = store_for(embeddings, embeddings_dtype, spill_dir, self.source, model)
+            embeddings = None  # per window, below; None: a temporary store of its own
         self._options = {
             "channel": channel,
             "window": self.source.window,  # one intensity window for every crop
@@ -388,7 +390,11 @@ class WindowTracker:
     def _tracker_on(self, window: Window) -> VideoTracker:
         frames = CroppedFrames(self.source.frames, window, self.source.shape, self.source.dtype)
         self.trackers_made += 1
-        return VideoTracker(self.model, frames, **self._options)
+        options = dict(self._options)
+        if self._store is not None:  # the whole frame's embeddings are the store's own frames
+            whole = window == self.placer.whole and not self._store.is_temporary
+            options["embeddings"] = self._store if whole else self._store.window(window)
+        return VideoTracker(self.model, frames, **options)
 
     def _drop_group(self, window: Window) -> None:
         self._groups.pop(window).close()
