@@ -12,6 +12,7 @@ from local_server import LocalServer
 from qt_helpers import moving_and_still_cell, wait
 
 from napari_sam2 import weights
+from napari_sam2._qt import feedback
 from napari_sam2._qt.widget import SAM2Widget
 
 pytestmark = pytest.mark.display
@@ -85,6 +86,38 @@ def test_cancel_stops_the_download_keeps_nothing_and_start_works_again(
         wait(qtbot, widget)
     assert widget.session is None
     assert f"Download of {FILE} cancelled; nothing was kept" in widget.status.value
+    assert widget.feedback.bar.native.isHidden() and not widget.cancel_download.enabled
+    assert not empty_cache.exists() or os.listdir(empty_cache) == []
+    assert [layer.name for layer in widget.viewer.layers] == ["cells"]
+
+
+def test_cancel_during_load_session_says_cancelled_and_keeps_nothing(
+    make_napari_viewer, qtbot, model, empty_cache, monkeypatch, tmp_path
+):
+    folder = tmp_path / "session"
+    first = _widget(make_napari_viewer)
+    first.use_model(model)  # a model given by a script: the session names no checkpoint file
+    first.session_folder.value = str(folder)
+    first.save_session()
+    wait(qtbot, first)
+    assert "Session saved" in first.status.value
+    payload = os.urandom(4 * 2**20)
+    widget = _widget(make_napari_viewer)  # a second viewer: the image alone
+    widget.session_folder.value = str(folder)
+    errors = []
+    monkeypatch.setattr(feedback, "show_error", errors.append)
+    with LocalServer() as server:
+        _serve(monkeypatch, server, payload, len(payload))
+        server.pace[FILE] = 0.05
+        widget.load_session()
+        qtbot.waitUntil(lambda: not widget.feedback.bar.native.isHidden(), timeout=20_000)
+        assert widget.cancel_download.enabled and widget.task == "downloading the model"
+        widget.cancel_download.native.click()
+        wait(qtbot, widget)
+    status = widget.status.value
+    assert f"Download of {FILE} cancelled; nothing was kept" in status and "Load session" in status
+    assert not status.startswith("⚠") and errors == []  # not an error
+    assert widget.session is None and widget._models == {}
     assert widget.feedback.bar.native.isHidden() and not widget.cancel_download.enabled
     assert not empty_cache.exists() or os.listdir(empty_cache) == []
     assert [layer.name for layer in widget.viewer.layers] == ["cells"]
