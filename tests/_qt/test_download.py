@@ -94,22 +94,20 @@ def test_cancel_stops_the_download_keeps_nothing_and_start_works_again(
 def test_cancel_during_load_session_says_cancelled_and_keeps_nothing(
     make_napari_viewer, qtbot, model, empty_cache, monkeypatch, tmp_path
 ):
-    folder = tmp_path / "session"
-    first = _widget(make_napari_viewer)
-    first.use_model(model)  # a model given by a script: the session names no checkpoint file
-    first.session_folder.value = str(folder)
-    first.save_session()
-    wait(qtbot, first)
-    assert "Session saved" in first.status.value
+    widget = _widget(make_napari_viewer)
+    widget.use_model(model)  # a model given by a script: the session names no checkpoint file
+    widget.session_folder.value = str(tmp_path / "session")
+    widget.save_session()
+    wait(qtbot, widget)
+    assert "Session saved" in widget.status.value
+    session, layers = widget.session, [layer.name for layer in widget.viewer.layers]
     payload = os.urandom(4 * 2**20)
-    widget = _widget(make_napari_viewer)  # a second viewer: the image alone
-    widget.session_folder.value = str(folder)
     errors = []
     monkeypatch.setattr(feedback, "show_error", errors.append)
     with LocalServer() as server:
         _serve(monkeypatch, server, payload, len(payload))
         server.pace[FILE] = 0.05
-        widget.load_session()
+        widget.load_session()  # its model is not in the (empty) cache: downloaded
         qtbot.waitUntil(lambda: not widget.feedback.bar.native.isHidden(), timeout=20_000)
         assert widget.cancel_download.enabled and widget.task == "downloading the model"
         widget.cancel_download.native.click()
@@ -117,7 +115,8 @@ def test_cancel_during_load_session_says_cancelled_and_keeps_nothing(
     status = widget.status.value
     assert f"Download of {FILE} cancelled; nothing was kept" in status and "Load session" in status
     assert not status.startswith("⚠") and errors == []  # not an error
-    assert widget.session is None and widget._models == {}
     assert widget.feedback.bar.native.isHidden() and not widget.cancel_download.enabled
     assert not empty_cache.exists() or os.listdir(empty_cache) == []
-    assert [layer.name for layer in widget.viewer.layers] == ["cells"]
+    # nothing loaded: the session running goes on, on the layers it had
+    assert widget.session is session and not session.tracker.closed and len(widget._models) == 0
+    assert [layer.name for layer in widget.viewer.layers] == layers
