@@ -65,3 +65,4 @@ print(
         }
     )
 )
+viewer.close()  # (a viewer left open with the widget may crash the interpreter's exit)
