@@ -400,14 +400,16 @@ class TrainTab:
             )
         else:
             self._stopped = None
-            then = "Nothing was trained; the model in use is unchanged."
+            then = "Nothing was trained" if self._latest is None else "Nothing could be kept"
+            then += "; the model in use is unchanged."
         if self._latest is None:
             self.figures.value = "Not started: the disk is full"
         else:
             self.figures.value += "\n(not saved: the disk is full)"
         reason = outcome.reason[0].upper() + outcome.reason[1:]
-        where = f"(the tab saves in the weights cache; {CACHE_ENV} chooses its folder)"
-        self.widget.feedback.error(f"{reason} {where}. {then}")
+        if "ulimit" not in reason:  # (a file-size limit is not the folder's)
+            reason += f" (the tab saves in the weights cache; {CACHE_ENV} chooses its folder)"
+        self.widget.feedback.error(f"{reason}. {then}")
 
     def switch(self, path: Path, model, options: dict) -> str:
         """Restart the session on the trained ``model`` (from ``path``), resuming from its SAM2
