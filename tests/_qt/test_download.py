@@ -12,6 +12,7 @@ from local_server import LocalServer
 from qt_helpers import moving_and_still_cell, wait
 
 from napari_sam2 import weights
+from napari_sam2._qt import feedback
 from napari_sam2._qt.widget import SAM2Widget
 
 pytestmark = pytest.mark.display
@@ -88,3 +89,34 @@ def test_cancel_stops_the_download_keeps_nothing_and_start_works_again(
     assert widget.feedback.bar.native.isHidden() and not widget.cancel_download.enabled
     assert not empty_cache.exists() or os.listdir(empty_cache) == []
     assert [layer.name for layer in widget.viewer.layers] == ["cells"]
+
+
+def test_cancel_during_load_session_says_cancelled_and_keeps_nothing(
+    make_napari_viewer, qtbot, model, empty_cache, monkeypatch, tmp_path
+):
+    widget = _widget(make_napari_viewer)
+    widget.use_model(model)  # a model given by a script: the session names no checkpoint file
+    widget.session_folder.value = str(tmp_path / "session")
+    widget.save_session()
+    wait(qtbot, widget)
+    assert "Session saved" in widget.status.value
+    session, layers = widget.session, [layer.name for layer in widget.viewer.layers]
+    payload = os.urandom(4 * 2**20)
+    errors = []
+    monkeypatch.setattr(feedback, "show_error", errors.append)
+    with LocalServer() as server:
+        _serve(monkeypatch, server, payload, len(payload))
+        server.pace[FILE] = 0.05
+        widget.load_session()  # its model is not in the (empty) cache: downloaded
+        qtbot.waitUntil(lambda: not widget.feedback.bar.native.isHidden(), timeout=20_000)
+        assert widget.cancel_download.enabled and widget.task == "downloading the model"
+        widget.cancel_download.native.click()
+        wait(qtbot, widget)
+    status = widget.status.value
+    assert f"Download of {FILE} cancelled; nothing was kept" in status and "Load session" in status
+    assert not status.startswith("⚠") and errors == []  # not an error
+    assert widget.feedback.bar.native.isHidden() and not widget.cancel_download.enabled
+    assert not empty_cache.exists() or os.listdir(empty_cache) == []
+    # nothing loaded: the session running goes on, on the layers it had
+    assert widget.session is session and not session.tracker.closed and len(widget._models) == 0
+    assert [layer.name for layer in widget.viewer.layers] == layers

@@ -38,19 +38,20 @@ def test_no_step_of_a_session_blocks_the_event_loop_on_a_big_lazy_stack(
     meter = StallMeter(qtbot)
     viewer = make_napari_viewer()
     image = viewer.add_image(lazy_stack(), name="cells", contrast_limits=(0, 3000))
+    from napari_sam2._qt.napari_warm_up import warm_up_shapes
     from napari_sam2._qt.widget import SAM2Widget
 
-    # napari's first layer of each kind costs a second of its own set-up, and its first
-    # rectangle (the widget's window outline) JIT-compiles napari's numba triangulation: about
-    # 4 s once per install (numba caches it in the environment), napari's cost, not the widget's
-    first_rectangle = np.array([[0, 0, 0], [0, 0, 4], [0, 4, 4], [0, 4, 0]], float)
-    for layer in (
+    for layer in (  # napari's first layer of each kind costs a second of its own set-up
         viewer.add_labels(np.zeros((2, 8, 8), np.uint16)),
         viewer.add_points(np.zeros((0, 3))),
-        viewer.add_shapes([first_rectangle], shape_type="rectangle", face_color="transparent"),
+        viewer.add_shapes(ndim=3),
     ):
         viewer.layers.remove(layer)
     widget = SAM2Widget(viewer)
+    # Opening the widget compiles napari's numba triangulation in the background (4 s once per
+    # install, test_napari_warm_up.py), for the first rectangle (the window outline); a user
+    # takes longer than that to click Start.
+    warm_up_shapes().join(timeout=120)
     meter.step("start", lambda: widget.use_model(model, image), widget)
     meter.step("click", lambda: widget.points.add([[3, 300, 300]]), widget)
     meter.step("second click", lambda: widget.points.add([[3, 310, 290]]), widget)

@@ -141,3 +141,73 @@ def test_a_labels_layer_is_learnt_with_its_image(qtbot, session, tmp_path):
     stacks, labels = tab.training_data()
     assert [s.shape for s in stacks] == [(48, 56), (2, 40, 40)]
     assert np.array_equal(stacks[1], other[1:3]) and np.array_equal(labels[1], painted[1:3])
+
+
+def _mib_needed(message: str) -> float:
+    return float(message.split(" needs ")[1].split(" MiB")[0].replace(",", ""))
+
+
+def test_a_disk_too_small_is_said_plainly_before_any_step(qtbot, session, model, monkeypatch):
+    """Less room than the result needs (the command line's test provokes it the same way): the
+    status names the path, the space needed and what is free, in the tab's words (no errno,
+    no --resume); nothing trained, nothing written, the model in use unchanged."""
+    import shutil
+
+    viewer, widget = session
+    tab = widget.trainer
+    before = _weights(model)
+    free = shutil._ntuple_diskusage(1 << 40, 1 << 40, 10 << 20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    tab.steps.value = 4
+    tab.button.changed.emit(True)
+    wait(qtbot, widget)
+    status = widget.status.value
+    folder = Path(widget.trainer.output_path("x").parent)
+    assert status.startswith("⚠ The disk is full: writing ") and str(folder) in status, status
+    assert "-finetuned-" in status and f"its folder {folder} has 10 MiB free" in status
+    assert _mib_needed(status) > 2 * 149  # the checkpoint and the resumable state
+    assert "Nothing was trained" in status and "[Errno" not in status and "--" not in status
+    assert tab._latest is None and tab.figures.value == "Not started: the disk is full"
+    assert list(folder.iterdir()) == [] and tab._stopped is None
+    assert widget.session.tracker.model is model and not _differ(before, _weights(model))
+
+
+def test_a_disk_that_fills_while_saving_keeps_the_run_and_train_again_saves_it(
+    qtbot, session, model, monkeypatch
+):
+    """The disk fills part-way through writing the checkpoint: the status says so plainly and
+    that the run is kept; once there is room, Train again (same options) only saves it."""
+    import errno
+
+    from napari_sam2.train import save
+
+    viewer, widget = session
+    tab = widget.trainer
+    real, written = save._write, [0]
+
+    def fills_up(f, data):
+        if "-finetuned-" in Path(f.name).name and ".pt.tmp" in Path(f.name).name:
+            written[0] += len(data)
+            if written[0] > 1 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, data)
+
+    monkeypatch.setattr(save, "_write", fills_up)
+    tab.steps.value = 4
+    tab.button.changed.emit(True)
+    wait(qtbot, widget)
+    status = widget.status.value
+    assert status.startswith("⚠ The disk is full: writing ") and "free" in status, status
+    assert 149 <= _mib_needed(status) < 160  # the checkpoint and its sidecar
+    assert "The run is kept" in status and "Train again with the same options" in status
+    assert "[Errno" not in status and "--resume" not in status and written[0] > 1 << 20
+    out = tab._stopped[0]
+    assert not out.exists() and state_path(out).is_file()
+    assert widget.session.tracker.model is model
+    monkeypatch.setattr(save, "_write", real)  # room again
+    tab.button.changed.emit(True)
+    wait(qtbot, widget)
+    report = tab.last_report
+    assert report.path == out and out.is_file() and not state_path(out).exists()
+    assert report.resumed_from == 4  # only saved, not trained again
+    assert widget.session.tracker.model is not model and "Trained" in widget.status.value

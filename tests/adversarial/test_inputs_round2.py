@@ -13,7 +13,8 @@ import pytest
 from conftest import moving_disc
 
 import napari_sam2 as ns
-from napari_sam2.engine.automatic_options import MAX_CLICKS, check_options
+from napari_sam2.engine.automatic import check_generator_options
+from napari_sam2.engine.automatic_options import MAX_CLICKS
 from napari_sam2.io import PromptsFileError, read_prompts
 
 refused = pytest.mark.refused
@@ -171,7 +172,7 @@ def test_amg_grids_beyond_the_click_bound_are_refused(mini_model, options, count
     if count is not None:
         assert f"{count:,} clicks" in str(e.value)
     with pytest.raises(ValueError, match="bound"):
-        check_options(**options)
+        check_generator_options(**options)
 
 
 @handled

@@ -340,3 +340,32 @@ def test_crop_boxes_tile_the_image_with_overlap():
         for c in tiles:
             covered[c.y0 : c.y1, c.x0 : c.x1] += 1
         assert covered.min() >= 1 and covered.max() > 1  # everything covered, with overlap
+
+
+def test_the_options_defaults_are_written_once_in_the_generators_signature(monkeypatch):
+    """automatic_options checks what it is given and has no default of its own; a check of some
+    options (the command line's --auto) takes the others from the generator's signature, and so
+    do the command line's defaults, so a default changed there is the one checked and used."""
+    import inspect
+
+    from napari_sam2.cli.parser import build_parser
+    from napari_sam2.engine import automatic, automatic_options
+
+    checked = inspect.signature(automatic_options.check_options).parameters
+    assert len(checked) == 15 and all(p.default is p.empty for p in checked.values())
+    generator = inspect.signature(ns.AutomaticMaskGenerator).parameters
+    assert set(checked) <= set(generator)
+    automatic.check_generator_options(points_per_side=64)  # 4,096 clicks: fine
+    init = ns.AutomaticMaskGenerator.__init__
+    defaults = dict(zip(list(generator)[1:], init.__defaults__, strict=True))
+    defaults["crop_n_layers"] = 3  # a default of 3 crop layers: 64 per side is too many clicks
+    defaults["points_per_side"], defaults["pred_iou_thresh"] = 24, 0.7
+    monkeypatch.setattr(init, "__defaults__", tuple(defaults.values()))
+    args = build_parser().parse_args(["segment", "s.tif", "--auto", "0", "-o", "o.tif"])
+    assert (args.points_per_side, args.pred_iou_thresh) == (24, 0.7)
+    segment = build_parser()._subparsers._group_actions[0].choices["segment"]
+    assert "(default 24: 576 clicks)" in " ".join(segment.format_help().split())
+    with pytest.raises(ValueError, match="crop_n_layers=3 .* more than the bound"):
+        automatic.check_generator_options(points_per_side=64)
+    with pytest.raises(TypeError, match="not an option of AutomaticMaskGenerator: point_per_side"):
+        automatic.check_generator_options(point_per_side=64)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
+from .. import weights
 from ..engine.stack import StackGeometry
 from ..io import session_folder
 from . import labels_data, session_io
 from . import layers as L
 from .feedback import EXPECTED_ERRORS
 from .prompting import META
+from .starting import CancelledLoad
 
 
 class SessionMixin:
@@ -66,7 +68,10 @@ class SessionMixin:
         def prepare():
             session_folder.check_labels(saved)
             session_folder.check_image(saved, data.shape, bool(image.rgb), frames)
-            return self._load_model(key, checkpoint, progress)
+            try:
+                return self._load_model(key, checkpoint, progress)
+            except weights.DownloadCancelled:
+                return CancelledLoad()
 
         self.feedback.say(f"Checking the session in {folder} and loading {model.name}…")
         self.run(
@@ -77,6 +82,9 @@ class SessionMixin:
 
     def _load_checked(self, saved, image, key, checkpoint, model) -> None:
         """The folder and the image are good and the model is loaded: start on them."""
+        if isinstance(model, CancelledLoad):
+            self._say_cancelled("Load session")
+            return
         if image is not self.image.value or image not in self.viewer.layers:
             self.feedback.error(f"'{image.name}' is no longer chosen: nothing was loaded.")
             return

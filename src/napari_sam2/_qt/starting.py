@@ -44,8 +44,8 @@ class _Download(QObject):
         self.filename = ""
 
 
-class _Cancelled:
-    """What a load stopped by Cancel returns (nothing to start on)."""
+class CancelledLoad:
+    """What a load stopped by Cancel returns (nothing to start on, or to load)."""
 
 
 class StartMixin:
@@ -75,7 +75,7 @@ class StartMixin:
             try:
                 model = self._load_model(key, checkpoint, progress)
             except weights.DownloadCancelled:
-                return _Cancelled()
+                return CancelledLoad()
             # the tracker too: it reads slices for the intensity window
             return self._open_session(model, frames, store)
 
@@ -86,13 +86,18 @@ class StartMixin:
         )
 
     def _loaded(self, image, geometry, key, session) -> None:
-        if isinstance(session, _Cancelled):
-            self.feedback.done(
-                f"Download of {self._download.filename} cancelled; nothing was kept. Press "
-                "Start to download it again (or choose a checkpoint file)."
-            )
+        if isinstance(session, CancelledLoad):
+            self._say_cancelled("Start")
             return
         self._begin(image, geometry, session.tracker.model, key, session)
+
+    def _say_cancelled(self, button: str) -> None:
+        """A download stopped by Cancel (the weights cache keeps no part of it): said plainly,
+        not as an error; ``button`` is what downloads it again."""
+        self.feedback.done(
+            f"Download of {self._download.filename} cancelled; nothing was kept. Press "
+            f"{button} to download it again (or choose a checkpoint file)."
+        )
 
     # ------------------------------------------------------------------ downloads
     def download_progress(self, name: str):

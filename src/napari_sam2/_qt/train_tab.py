@@ -31,7 +31,8 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from ..train import DEFAULT_LR, TRAIN_MODES, state_path, train
-from ..weights import cached_path, get_cache_dir
+from ..train.save import DiskFullError
+from ..weights import CACHE_ENV, cached_path, get_cache_dir
 from . import session_io
 from .prompting import META
 
@@ -68,6 +69,17 @@ class Stopped:
     step: int
     steps: int
     out: Path
+
+
+@dataclass(frozen=True)
+class NoRoom:
+    """A run stopped by a full disk: ``reason`` names the path, the space needed and what is
+    free; ``kept``: its resumable state is on disk (the next Train with the same options
+    continues it)."""
+
+    reason: str
+    out: Path
+    kept: bool
 
 
 def labelled_runs(frames, labels, which) -> tuple[list, list]:
@@ -312,6 +324,8 @@ class TrainTab:
         except TrainingCancelled:
             step = self._latest[0] if self._latest else 0
             return Stopped(step, options["steps"], out), options
+        except DiskFullError as e:  # what was kept said in the tab's words, not the CLI's
+            return NoRoom(e.reason or e.strerror, out, state_path(out).is_file()), options
         model = ns.load_model(
             options["model"],
             checkpoint=out,
@@ -345,6 +359,9 @@ class TrainTab:
                 "is unchanged. Train again with the same options to continue that run."
             )
             return
+        if isinstance(outcome, NoRoom):
+            self._no_room(outcome, options)
+            return
         self._stopped = None
         report, model = outcome
         self.last_report = report
@@ -371,6 +388,28 @@ class TrainTab:
         if w._ready_note is not None:  # said once the resumed prompts are synced
             w._ready_note = message
         w.feedback.done(message, notify=True)
+
+    def _no_room(self, outcome: NoRoom, options: dict) -> None:
+        """Said plainly, as the command line does: the path, the space needed, what is free,
+        and what was kept; the model in use is unchanged."""
+        if outcome.kept:
+            self._stopped = (outcome.out, options)
+            then = (
+                "The run is kept: free some space, then Train again with the same options to "
+                "continue it (a finished run is only saved, not trained again)."
+            )
+        else:
+            self._stopped = None
+            then = "Nothing was trained" if self._latest is None else "Nothing could be kept"
+            then += "; the model in use is unchanged."
+        if self._latest is None:
+            self.figures.value = "Not started: the disk is full"
+        else:
+            self.figures.value += "\n(not saved: the disk is full)"
+        reason = outcome.reason[0].upper() + outcome.reason[1:]
+        if "ulimit" not in reason:  # (a file-size limit is not the folder's)
+            reason += f" (the tab saves in the weights cache; {CACHE_ENV} chooses its folder)"
+        self.widget.feedback.error(f"{reason}. {then}")
 
     def switch(self, path: Path, model, options: dict) -> str:
         """Restart the session on the trained ``model`` (from ``path``), resuming from its SAM2

@@ -24,6 +24,7 @@ from . import shortcuts
 from .export import LabelExport
 from .feedback import Feedback, Runner
 from .lineage_tab import LineageTools
+from .napari_warm_up import warm_up_shapes
 from .object_edits import ObjectEditMixin
 from .object_list import ObjectList
 from .objects import ObjectTools
@@ -73,6 +74,7 @@ class SAM2Widget(
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
+        warm_up_shapes()  # napari's first rectangle compiles its triangulation: not on a click
         self.viewer = viewer
         self.session: PromptSession | None = None
         self.geometry: StackGeometry | None = None

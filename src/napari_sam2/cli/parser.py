@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import weights
+from ..engine.automatic import option_defaults
 from ..model.config import DEFAULT_MODEL, MODEL_NAMES
 from ..model.precision import PRECISIONS
 from . import tools, train
@@ -156,26 +157,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --prompts: segment everything SAM 2 finds on FRAME, then track every "
         "object found",
     )
+    auto = option_defaults()  # the generator's own defaults
+    side = auto["points_per_side"]
     seg.add_argument(
         "--points-per-side",
         type=int,
-        default=32,
+        default=side,
         metavar="N",
-        help="--auto: clicks per side of the grid (default 32: 1,024 clicks)",
+        help=f"--auto: clicks per side of the grid (default {side}: {side**2:,} clicks)",
     )
     seg.add_argument(
         "--pred-iou-thresh",
         type=float,
-        default=0.8,
+        default=auto["pred_iou_thresh"],
         metavar="X",
-        help="--auto: keep masks whose predicted IoU is above X, in [0, 1] (default 0.8)",
+        help="--auto: keep masks whose predicted IoU is above X, in [0, 1] (default "
+        f"{auto['pred_iou_thresh']:g})",
     )
     seg.add_argument(
         "--stability-score-thresh",
         type=float,
-        default=0.95,
+        default=auto["stability_score_thresh"],
         metavar="X",
-        help="--auto: keep masks whose stability score is at least X, in [0, 1] (default 0.95)",
+        help="--auto: keep masks whose stability score is at least X, in [0, 1] (default "
+        f"{auto['stability_score_thresh']:g})",
     )
     seg.add_argument(
         "--output",

@@ -151,10 +151,10 @@ def _auto_options(args: argparse.Namespace) -> dict:
         "stability_score_thresh": args.stability_score_thresh,
     }
     if args.auto is not None or args.new_objects is not None:
-        from ..engine.automatic import check_options
+        from ..engine.automatic import check_generator_options
 
         try:
-            check_options(**options)
+            check_generator_options(**options)
         except ValueError as e:
             which = "--auto" if args.auto is not None else "--new-objects"
             raise InputError(f"{which}: {e}") from None

@@ -30,6 +30,7 @@ knowing, and are kept internally (they decide which boxes suppress which):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -484,6 +485,26 @@ class AutomaticMaskGenerator:
         coords = points / torch.tensor([w, h], dtype=torch.float64) * self.model.config.image_size
         device = self.model.device
         return coords.to(device, torch.float32 if device.type == "mps" else torch.float64)
+
+
+def option_defaults() -> dict:
+    """:class:`AutomaticMaskGenerator`'s options and their defaults, read from its signature
+    (the one place they are written: the command line's defaults come from here)."""
+    parameters = inspect.signature(AutomaticMaskGenerator).parameters.items()
+    return {name: p.default for name, p in parameters if p.default is not p.empty}
+
+
+def check_generator_options(**options) -> None:
+    """Check some options of :class:`AutomaticMaskGenerator` before any model work (the
+    command line's ``--auto``), the others at the generator's defaults — its signature is the
+    one place they are written. ValueError as the generator raises it; TypeError for a name
+    that is not one of its options."""
+    checked = inspect.signature(check_options).parameters
+    defaults = {k: v for k, v in option_defaults().items() if k in checked}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"not an option of AutomaticMaskGenerator: {', '.join(unknown)}")
+    check_options(**{**defaults, **options})
 
 
 class _Progress:

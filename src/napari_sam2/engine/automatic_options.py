@@ -23,27 +23,29 @@ class OptionTypeError(TypeError, ValueError):
 
 
 def check_options(
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.8,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    mask_threshold: float = 0.0,
-    box_nms_thresh: float = 0.7,
-    crop_n_layers: int = 0,
-    crop_nms_thresh: float = 0.7,
-    crop_overlap_ratio: float = 512 / 1500,
-    crop_n_points_downscale_factor: int = 1,
-    min_mask_region_area: int = 0,
-    multimask_output: bool = True,
-    use_m2m: bool = False,
-    channel: int = 0,
+    *,
+    points_per_side: int,
+    points_per_batch: int,
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    stability_score_offset: float,
+    mask_threshold: float,
+    box_nms_thresh: float,
+    crop_n_layers: int,
+    crop_nms_thresh: float,
+    crop_overlap_ratio: float,
+    crop_n_points_downscale_factor: int,
+    min_mask_region_area: int,
+    multimask_output: bool,
+    use_m2m: bool,
+    channel: int,
 ) -> None:
     """Raise ValueError (:class:`OptionTypeError`, also a TypeError, for a value of the wrong
-    type), naming the parameter, what
-    was given and what is accepted, for an option of :class:`AutomaticMaskGenerator` that
-    cannot work (checked without a model). Refuses grids of more than :data:`MAX_CLICKS` clicks
-    over all crops."""
+    type), naming the parameter, what was given and what is accepted, for an option of
+    :class:`AutomaticMaskGenerator` that cannot work (checked without a model). Refuses grids of
+    more than :data:`MAX_CLICKS` clicks over all crops. Every option is given: the defaults are
+    the generator's signature alone (:func:`~.automatic.check_generator_options` checks some
+    options with the others at those defaults)."""
     _check_int("points_per_side", points_per_side, 1)
     _check_int("points_per_batch", points_per_batch, 1)
     _check_int("crop_n_layers", crop_n_layers, 0)
@@ -83,7 +85,7 @@ def check_options(
                 f"points_per_side={points_per_side}, crop_n_layers={crop_n_layers} and "
                 f"crop_n_points_downscale_factor={crop_n_points_downscale_factor} make at least "
                 f"{total:,} clicks per image, more than the bound of {MAX_CLICKS:,}; use fewer "
-                "points per side (32 is the default; 512 without crop layers is the most), fewer "
+                "points per side (512 without crop layers is the most), fewer "
                 "crop layers or a larger downscale factor"
             )
 

@@ -19,7 +19,11 @@ NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 class DiskFullError(OSError):
     """No room to write a file of the run: a full disk, a quota, a file-size limit. An
-    ``OSError`` (the command line's exit 1), its message naming the path and the space needed."""
+    ``OSError`` (the command line's exit 1), its message (``strerror``) naming the path, the
+    space needed and what is free, then what was kept in the command line's words; ``reason``
+    is the message without that (for callers that say what was kept in their own words)."""
+
+    reason: str = ""
 
 
 def payload_bytes(obj) -> int:
@@ -57,7 +61,9 @@ def no_room(path: Path, needed: int, then: str = "", limit: bool = False) -> Dis
             f"the disk is full: writing {path} needs {_mib(needed)} and its folder {folder} "
             f"has {_mib(shutil.disk_usage(folder).free)} free; free some space or write elsewhere"
         )
-    return DiskFullError(errno.ENOSPC, message + then, str(path))
+    error = DiskFullError(errno.ENOSPC, message + then, str(path))
+    error.reason = message
+    return error
 
 
 def check_room(paths: list[Path], needed: int, then: str = "") -> None:
