@@ -230,8 +230,8 @@ class StartMixin:
         if session.tiled:
             h, w = geometry.spatial_shape
             what += (
-                f" · tiles on: clicks on these {h}×{w} slices are answered at full resolution "
-                f"in {session.windows.tile}-pixel windows"
+                f" · tiles on: clicks on these {h}×{w} slices are answered, and objects "
+                f"followed, at full resolution in {session.windows.tile}-pixel windows"
             )
         if resume:
             what += f" · resumed from the SAM2 layers of '{image.name}'"
