@@ -1,0 +1,71 @@
+"""A click with the embedding ready costs the decoder, not the work around it: a correction
+on a tracked frame runs memory attention once, not on every click there, and the labels of a
+result are resolved without per-pixel work on objects that cannot win a pixel. Every shortcut
+gives exactly (bit for bit) what the full computation gives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import napari_sam2 as ns
+from napari_sam2.engine.conditioning import ConditionedCache
+
+
+def moving_disc(t=8, h=40, w=56):
+    rr, cc = np.mgrid[:h, :w]
+    stack = np.zeros((t, h, w), dtype=np.uint8)
+    for i in range(t):
+        stack[i][(rr - 15 - i) ** 2 + (cc - 20 - i) ** 2 < 8**2] = 200
+    return stack + np.random.default_rng(0).integers(0, 30, stack.shape).astype(np.uint8)
+
+
+def propagated(model, cache=True):
+    tracker = ns.VideoTracker(model, moving_disc())
+    if not cache:  # every click conditions its object again: the full computation
+        tracker._conditioned = ConditionedCache(size=0)
+    tracker.add_prompt(0, 1, points=[(15, 20)], labels=[1])
+    tracker.add_prompt(0, 2, points=[(30, 45)], labels=[1])
+    list(tracker.propagate())
+    return tracker
+
+
+def clicks(tracker, calls):
+    """Clicks on frame 5 (tracked), a prompt on frame 3 propagated, a click on 5 again: the
+    results of the clicks on 5, and how many conditionings each click ran."""
+    out, runs = [], []
+    for frame, point, label, replace in [
+        (5, (20, 25), 1, True),
+        (5, (21, 26), 1, True),
+        (5, (25, 30), 0, False),
+        (3, (18, 23), 1, False),
+        (5, (21, 26), 1, True),
+    ]:
+        n = len(calls)
+        result = tracker.add_prompt(frame, 1, points=[point], labels=[label], replace=replace)
+        runs.append(len(calls) - n)
+        if frame == 3:
+            list(tracker.propagate())
+        else:
+            out.append(result.logits)
+    return out, runs
+
+
+def test_clicks_on_a_tracked_frame_run_its_memory_attention_once(mini_model):
+    calls = []
+    # the final norm of memory attention runs once per conditioning
+    hook = mini_model.memory_attention.norm.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        tracker = propagated(mini_model)
+        got, runs = clicks(tracker, calls)
+        full = propagated(mini_model, cache=False)
+        expected, full_runs = clicks(full, calls)
+    finally:
+        hook.remove()
+    assert full_runs == [1, 1, 1, 1, 1]  # without the cache: every click on a tracked frame
+    # the first click on frame 5 conditions object 1 on its memory, the next two reuse it;
+    # after the memory changed (frame 3 prompted, propagated again) it is conditioned again
+    assert runs == [1, 0, 0, 1, 1], runs
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    tracker.close()
+    full.close()
