@@ -6,9 +6,12 @@ gives exactly (bit for bit) what the full computation gives."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 import napari_sam2 as ns
 from napari_sam2.engine.conditioning import ConditionedCache
+from napari_sam2.engine.labels import resolve_frame, resolve_overlaps, result_labels
+from napari_sam2.engine.results import FrameResult
 
 
 def moving_disc(t=8, h=40, w=56):
@@ -69,3 +72,48 @@ def test_clicks_on_a_tracked_frame_run_its_memory_attention_once(mini_model):
         np.testing.assert_array_equal(a, b)  # bit for bit
     tracker.close()
     full.close()
+
+
+def low_res_logits(n_absent: int, rng) -> torch.Tensor:
+    """(N, 1, 32, 32): two overlapping objects, one present nowhere but not absent (logits
+    just below 0), then ``n_absent`` objects judged absent (-1024)."""
+    rr, cc = np.mgrid[:32, :32]
+    a = 6.0 - np.hypot(rr - 12, cc - 12)
+    b = 5.0 - np.hypot(rr - 15, cc - 17)
+    faint = -0.01 - rng.random((32, 32))
+    low = np.stack([a, b, faint] + [np.full((32, 32), -1024.0)] * n_absent)
+    return torch.from_numpy(low[:, None].astype(np.float32))
+
+
+def test_labels_resolve_only_the_objects_that_can_win_a_pixel(monkeypatch):
+    upscale, upscaled = FrameResult._upscale, []
+
+    def counted(self, low_res):  # how many objects are made full-size
+        upscaled.append(len(low_res))
+        return upscale(self, low_res)
+
+    monkeypatch.setattr(FrameResult, "_upscale", counted)
+    rng = np.random.default_rng(0)
+    low = low_res_logits(40, rng)
+    ids = tuple(range(1, len(low) + 1))
+    for keep in ([0, 1, 2, *range(3, 43)], [1, 2, 3], [2, 3], [0], []):
+        index = torch.tensor(keep, dtype=torch.long)
+        sub = tuple(ids[i] for i in keep)
+        upscaled.clear()
+        result = FrameResult(4, sub, low_res=low[index], shape=(90, 140))
+        labels = result_labels(result, np.uint16)
+        live = sum(1 for i in keep if i < 2)  # the two objects above 0 somewhere
+        assert sum(upscaled) == live, keep  # nothing full-size for the others
+        full = FrameResult(4, sub, low_res=low[index], shape=(90, 140)).logits
+        expected = np.zeros((90, 140), np.uint16)
+        if sub:
+            winner, foreground = resolve_overlaps(full)  # every object, at full size
+            expected = np.where(foreground, np.asarray(sub, np.uint16)[winner], 0)
+        np.testing.assert_array_equal(labels, expected)
+        # results made of full-size logits, and resolve_frame's winning logits, agree too
+        made = FrameResult(4, sub, full)
+        np.testing.assert_array_equal(result_labels(made, np.uint16), expected)
+        got, best = resolve_frame(made, np.uint16)
+        np.testing.assert_array_equal(got, expected)
+        top = full.max(axis=0, initial=-np.inf) if len(sub) else np.zeros((90, 140))
+        np.testing.assert_array_equal(best, np.where(top > 0, top, 0).astype(np.float32))
