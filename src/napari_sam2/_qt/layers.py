@@ -96,6 +96,34 @@ def write_result(
     return new
 
 
+def write_changes(labels: Labels, geometry: StackGeometry, result: FrameResult, own=None):
+    """Write one frame's result into ``labels`` (other labels untouched), only the box of the
+    pixels that change: (the frame's new labels, that box (rows, cols) or None when nothing
+    changes, the box's labels before). ``own`` as in :func:`write_result`. Nothing is
+    recorded in napari's undo history (the widget keeps its own)."""
+    from .history import changed_box
+
+    current = np.asarray(geometry.label_frames(labels.data)[result.frame])
+    if own is None:
+        new = compose_labels(current, result)
+    else:
+        new = compose_resolved(current, result.obj_ids, own)
+    box = changed_box(current, new)
+    if box is None:
+        return new, None, None
+    before = np.array(current[box], copy=True)
+    labels.data[tuple(geometry.index(result.frame)) + box] = new[box]
+    return new, box, before
+
+
+def label_ids(frame: np.ndarray) -> set[int]:
+    """The label values above 0 on an (H, W) frame (a count of each value where they are
+    small: several times faster than sorting a slice)."""
+    if frame.dtype.kind == "u" and frame.dtype.itemsize <= 2:
+        return set(np.flatnonzero(np.bincount(frame.ravel())).tolist()) - {0}
+    return set(np.unique(frame).tolist()) - {0}
+
+
 def outside_points(points: Points, image: Image, geometry: StackGeometry) -> list[int]:
     """Indices of the clicks that are not on the image: beyond its edges (napari lets one click
     anywhere on the canvas), or off the slices being tracked (another Z of a 4-D stack)."""
