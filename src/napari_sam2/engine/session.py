@@ -88,10 +88,12 @@ class _ViewLock:
         return got
 
     def release(self) -> None:
-        if self._depth == 1:
-            self._publish()
-        self._depth -= 1
-        self._lock.release()
+        try:
+            if self._depth == 1:
+                self._publish()
+        finally:  # released even if reading the view failed
+            self._depth -= 1
+            self._lock.release()
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -273,7 +275,10 @@ class PromptSession:
         """The session's objects and prompts without waiting: read now when the lock is free
         (or held by this thread), else as they were when it was last free."""
         if self.lock.acquire(blocking=False):
-            self.lock.release()  # which reads the view again
+            try:
+                self._read_view()
+            finally:
+                self.lock.release()
         return self._view
 
     def _read_view(self) -> None:
