@@ -39,18 +39,8 @@ class Patch:
 def frame_patch(geometry, frame: int, old: np.ndarray, new: np.ndarray) -> Patch | None:
     """The change of one tracked slice from ``old`` to ``new`` (H, W), cropped to the pixels
     that changed; None when nothing did."""
-    box = changed_box(old, new)
+    box = L.changed_box(old, new)
     return None if box is None else box_patch(geometry, frame, box, old[box], new[box])
-
-
-def changed_box(old: np.ndarray, new: np.ndarray) -> tuple[slice, slice] | None:
-    """The bounding box (rows, cols) of the pixels where two (H, W) slices differ; None when
-    they are equal."""
-    diff = old != new
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
-    if rows.size == 0:
-        return None
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def box_patch(geometry, frame: int, box, before: np.ndarray, after: np.ndarray) -> Patch:
@@ -265,7 +255,6 @@ __all__ = [
     "PromptState",
     "Step",
     "box_patch",
-    "changed_box",
     "erase_objects",
     "frame_patch",
     "paint_patch",

@@ -76,10 +76,11 @@ def _labels_of(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
 
     Only the objects that can win a pixel are resolved: one whose low-resolution logits are
     nowhere above 0 is nowhere above 0 at full size either (bilinear upsampling takes convex
-    combinations), so it can neither be foreground nor beat one that is. With a single such
-    object (a click on a frame with one object) its logits are the answer, without a
-    running maximum. The labels are the same, bit for bit, as resolving every object."""
-    live = _live(result)
+    combinations), so it can neither be foreground nor beat one that is (results made from
+    windows resolve every object). With a single object left (a click on a frame with one
+    object) its logits are the answer, without a running maximum. The labels are the same,
+    bit for bit, as resolving every object."""
+    live = _live(result) if _plain(result) else list(range(len(result.obj_ids)))
     if not live:
         return np.zeros(result.shape, dtype=dtype), np.zeros(result.shape, np.float32)
     ids = np.asarray([result.obj_ids[i] for i in live], dtype=dtype)
@@ -91,6 +92,14 @@ def _labels_of(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
         return np.where(value > 0, ids[0], 0).astype(dtype), value
     winner, value = _resolve_values(result.chunks(), result.shape)
     return np.where(value > 0, ids[winner], 0).astype(dtype), value
+
+
+def _plain(result: FrameResult) -> bool:
+    """Whether ``result`` makes its full-size logits from its low-resolution ones as
+    :class:`FrameResult` does (results whose objects come from windows make them otherwise:
+    all their objects are resolved)."""
+    kind = type(result)
+    return kind.chunks is FrameResult.chunks and kind.select is FrameResult.select
 
 
 def _live(result: FrameResult) -> list[int]:
