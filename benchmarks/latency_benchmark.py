@@ -14,8 +14,10 @@ canvas after the widget wrote the mask into *SAM2 labels*. With ``--prefetch``, 
 change is measured with the widget embedding the neighbouring slices in the background
 (``on``), without (``off``), both (the default), or as the widget is set (``none``); the
 same clicks on the engine alone (no Qt) say what the widget adds. The user waits ``--dwell``
-seconds on a slice before moving on (time to look at it). Runs by hand, not in the tests; figures in
-docs/troubleshooting.md#speed.
+seconds on a slice before moving on (time to look at it). With ``--corrections N`` (engine
+alone), N correction clicks on a slice that a propagation tracked, one after another (the first
+conditions the object on its memory; the next ones on the same slice reuse that). Runs by hand,
+not in the tests; figures in docs/troubleshooting.md#speed.
 """
 
 from __future__ import annotations
@@ -182,14 +184,39 @@ class EngineClicks:
         self.times.append((time.perf_counter() - t0) * 1000)
 
 
+def corrections(args) -> list[float]:
+    """ms of each of ``--corrections`` clicks on slice 2 after propagating slices 0..3 from a
+    click on slice 0 (engine alone)."""
+    from official import random_tiny
+
+    from napari_sam2.engine.labels import result_labels
+    from napari_sam2.engine.session import PointRow, PromptSession
+
+    model = random_tiny(args.image_size, seed=4, object_bias=5.0)
+    size = args.size
+    session = PromptSession(model, make_stack(4, size))
+    session.sync_frame(0, [PointRow(1, 0, 0.3 * size, 0.3 * size, True)], [])
+    for _ in session.propagate("forward", 0, 3):
+        pass
+    times = []
+    for k in range(args.corrections):
+        t0 = time.perf_counter()
+        click = PointRow(1, 2, 0.3 * size + 2 * k, 0.3 * size, True)
+        result_labels(session.sync_frame(2, [click], []).result, np.uint16)
+        times.append((time.perf_counter() - t0) * 1000)
+    session.close()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-size", type=int, default=1024)
     ap.add_argument("--size", type=int, default=1024, help="slice side in pixels")
-    ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument("--clicks", type=int, default=20, help="0: no widget runs")
     ap.add_argument("--slices", type=int, default=5, help="slice changes measured")
     ap.add_argument("--dwell", type=float, default=5.0, help="seconds on a slice before moving")
     ap.add_argument("--prefetch", choices=["both", "on", "off", "none"], default="both")
+    ap.add_argument("--corrections", type=int, default=0, help="correction clicks (engine)")
     args = ap.parse_args()
     import torch
 
@@ -198,6 +225,14 @@ def main() -> None:
         f"{args.size}×{args.size} uint16, CPU ({torch.get_num_threads()} threads)"
     )
     choices = {"both": [False, True], "on": [True], "off": [False], "none": [None]}
+    if args.corrections:
+        times = corrections(args)
+        print(
+            f"correction clicks on a propagated slice, engine alone (ms): first {times[0]:.0f}, "
+            "then " + ", ".join(f"{t:.0f}" for t in times[1:])
+        )
+    if not args.clicks:  # --clicks 0: the corrections only
+        return
     for prefetch in choices[args.prefetch]:
         written, painted, moves, engine = run(args, prefetch)
         name = {None: "", False: " (neighbours not prefetched)", True: " (neighbours prefetched)"}

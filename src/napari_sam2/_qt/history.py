@@ -39,14 +39,16 @@ class Patch:
 def frame_patch(geometry, frame: int, old: np.ndarray, new: np.ndarray) -> Patch | None:
     """The change of one tracked slice from ``old`` to ``new`` (H, W), cropped to the pixels
     that changed; None when nothing did."""
-    diff = old != new
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
-    if rows.size == 0:
-        return None
-    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    box = L.changed_box(old, new)
+    return None if box is None else box_patch(geometry, frame, box, old[box], new[box])
+
+
+def box_patch(geometry, frame: int, box, before: np.ndarray, after: np.ndarray) -> Patch:
+    """The change of the ``box`` (rows, cols) of one tracked slice, from ``before`` to
+    ``after`` (the box's pixels)."""
     lead = tuple(slice(i, i + 1) for i in geometry.index(frame))
     shape = (1,) * len(lead) + (box[0].stop - box[0].start, box[1].stop - box[1].start)
-    return Patch(lead + box, old[box].reshape(shape).copy(), new[box].reshape(shape).copy())
+    return Patch(lead + box, before.reshape(shape).copy(), after.reshape(shape).copy())
 
 
 def paint_patch(data, atoms) -> Patch | None:
@@ -252,6 +254,7 @@ __all__ = [
     "Patch",
     "PromptState",
     "Step",
+    "box_patch",
     "erase_objects",
     "frame_patch",
     "paint_patch",

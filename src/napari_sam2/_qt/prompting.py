@@ -11,7 +11,7 @@ import numpy as np
 from ..engine.labels import result_labels
 from ..io import ObjectPrompt
 from . import layers as L
-from .history import PromptState, Step, frame_patch
+from .history import PromptState, Step, box_patch
 from .object_list import ObjectInfo
 from .undo import UndoMixin
 
@@ -242,24 +242,25 @@ class PromptingMixin(UndoMixin):
         if masked:
             meta = self.labels_layer.metadata.setdefault(META, {})
             meta.setdefault("mask_prompts", {})[str(result.frame)] = sorted(masked)
-        old = np.array(self.label_view()[result.frame], copy=True)
-        new = L.write_result(self.labels_layer, self.geometry, result, undoable=False, own=own)
+        # only the box that changes is written, copied for undo and shown again
+        new, box, before = L.write_changes(self.labels_layer, self.geometry, result, own)
+        if not undoable:
+            step = step or self._propagation_history_step()
+        self._labelled[result.frame] = L.label_ids(new)
+        if box is None:
+            return
         if undoable:
             self.labels_layer.refresh()
-        else:
-            step = step or self._propagation_history_step()
-        self.record(step, frame_patch(self.geometry, result.frame, old, new))
-        self._labelled[result.frame] = set(np.unique(new).tolist()) - {0}
+        self.record(step, box_patch(self.geometry, result.frame, box, before, new[box]))
 
     def refresh_objects(self) -> None:
         if self.session is None:
             self.object_list.show_objects([])
             return
         ids = sorted(set(self.used_ids()) | {i for f in self._labelled.values() for i in f})
-        tracker = self.session.tracker
         infos = []
-        for obj_id in ids:
-            prompted = tracker.prompted_frames(obj_id) if obj_id in tracker.obj_ids else []
+        for obj_id in ids:  # the session's view: never waits for a propagated slice
+            prompted = list(self.session.prompted_frames(obj_id))
             labelled = sum(1 for present in self._labelled.values() if obj_id in present)
             infos.append(ObjectInfo(obj_id, self.names.get(obj_id, ""), prompted, labelled))
             infos[-1].lineage = self.lineage.note(obj_id)  # parents, daughters (lineage_tab)

@@ -12,6 +12,7 @@ mask itself.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -129,6 +130,51 @@ def condition(
         torch.stack(memory_pos),
         n_ptr_tokens,
         frame_tokens=frame_tokens,
+    )
+
+
+class ConditionedCache:
+    """The memory-conditioned features of the last few objects clicked on a tracked frame, so
+    that the next click there skips memory attention (seconds per object at 1024 on a CPU, for
+    a decoder's tens of milliseconds). Exact: an entry is used only when the object, the frame's
+    features tensor, the precision and every record its plan attends to are the very same
+    objects as when it was computed (records are immutable; a changed memory is a new record).
+    At most ``size`` objects are kept, the least recently clicked dropped first."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple] = OrderedDict()
+
+    def condition(self, model: SAM2Model, plan: MemoryPlan, emb: ImageEmbedding, max_ptrs: int):
+        """:func:`condition` of one plan on ``emb``, computed or read back."""
+        key = (plan.obj, emb.features, model.precision, plan.mask_memories, plan.pointers)
+        entry = self._entries.get(plan.obj.obj_id)
+        if entry is not None and _same_inputs(entry[0], key):
+            self._entries.move_to_end(plan.obj.obj_id)
+            return entry[1]
+        features = condition(model, [plan], emb.features, emb.pos, max_ptrs)
+        self._entries[plan.obj.obj_id] = (key, features)
+        self._entries.move_to_end(plan.obj.obj_id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return features
+
+    def drop(self, obj_id: int | None = None) -> None:
+        """Forget one object's entry (None: all)."""
+        if obj_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(obj_id, None)
+
+
+def _same_inputs(a: tuple, b: tuple) -> bool:
+    """Whether two (object, features, precision, memories, pointers) keys name the same
+    inputs: identical objects and tensors, equal slots and offsets."""
+    if a[0] is not b[0] or a[1] is not b[1] or a[2] != b[2]:
+        return False
+    return all(
+        len(x) == len(y) and all(i == j and r is s for (i, r), (j, s) in zip(x, y))
+        for x, y in ((a[3], b[3]), (a[4], b[4]))
     )
 
 

@@ -72,12 +72,46 @@ def resolve_frame(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 def _labels_of(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The result's (H, W) labels (the highest logit wins, above 0), and each pixel's highest
-    logit."""
-    if not result.obj_ids:
+    logit where that is above 0 (elsewhere some value <= 0).
+
+    Only the objects that can win a pixel are resolved: one whose low-resolution logits are
+    nowhere above 0 is nowhere above 0 at full size either (bilinear upsampling takes convex
+    combinations), so it can neither be foreground nor beat one that is (results made from
+    windows resolve every object). With a single object left (a click on a frame with one
+    object) its logits are the answer, without a running maximum. The labels are the same,
+    bit for bit, as resolving every object."""
+    live = _live(result) if _plain(result) else list(range(len(result.obj_ids)))
+    if not live:
         return np.zeros(result.shape, dtype=dtype), np.zeros(result.shape, np.float32)
+    ids = np.asarray([result.obj_ids[i] for i in live], dtype=dtype)
+    if len(live) < len(result.obj_ids):
+        result = result.select(live)
+    if len(live) == 1:
+        ((_, logits),) = result.chunks()
+        value = logits[0]
+        return np.where(value > 0, ids[0], 0).astype(dtype), value
     winner, value = _resolve_values(result.chunks(), result.shape)
-    ids = np.asarray(result.obj_ids, dtype=dtype)
     return np.where(value > 0, ids[winner], 0).astype(dtype), value
+
+
+def _plain(result: FrameResult) -> bool:
+    """Whether ``result`` makes its full-size logits from its low-resolution ones as
+    :class:`FrameResult` does (results whose objects come from windows make them otherwise:
+    all their objects are resolved)."""
+    kind = type(result)
+    return kind.chunks is FrameResult.chunks and kind.select is FrameResult.select
+
+
+def _live(result: FrameResult) -> list[int]:
+    """Indices of the result's objects whose logits are above 0 somewhere (at low resolution
+    when the result has it: no full-size image is made for the others)."""
+    if not result.obj_ids:
+        return []
+    if result.low_res is not None:
+        best = result.low_res.flatten(1).amax(1).tolist()
+    else:
+        best = result.logits.reshape(len(result.obj_ids), -1).max(1, initial=-np.inf).tolist()
+    return [i for i, b in enumerate(best) if b > 0]
 
 
 def merge_resolved(parts) -> np.ndarray:

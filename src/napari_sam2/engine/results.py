@@ -59,7 +59,10 @@ class FrameResult:
         """The same result without the objects ``obj_ids`` (e.g. objects whose labels on this
         frame must stay as the user painted them)."""
         drop = set(obj_ids)
-        keep = [i for i, o in enumerate(self.obj_ids) if o not in drop]
+        return self.select([i for i, o in enumerate(self.obj_ids) if o not in drop])
+
+    def select(self, keep) -> FrameResult:
+        """The result of the objects at indices ``keep`` only, in that order."""
         ids = tuple(self.obj_ids[i] for i in keep)
         if self._logits is not None:
             return FrameResult(self.frame, ids, self._logits[keep])

@@ -4,7 +4,7 @@ or any other front end). Qt-free, so the widget stays thin and this logic is tes
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,57 @@ class SyncResult:
     windows: tuple[tuple[int, Window], ...] = ()  # (object id, the window that answered it)
 
 
+@dataclass(frozen=True)
+class SessionView:
+    """What a front end's event loop reads of a session without waiting for it: the objects
+    (in result order), each object's prompted frames, and each frame's mask-prompted ids."""
+
+    obj_ids: tuple[int, ...] = ()
+    prompted: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    masked: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, session: PromptSession) -> SessionView:
+        tracker = session.tracker
+        objects = dict(tracker._objects)
+        return cls(
+            tuple(objects),
+            {i: tuple(sorted(o.prompts)) for i, o in objects.items()},
+            {f: frozenset(ids) for f, (_, ids) in session._label_prompts.items() if ids},
+        )
+
+
+class _ViewLock:
+    """The session's re-entrant lock; each time it is released for good (the outermost
+    ``with``), the session's :class:`SessionView` is read again, so that the view is always
+    the state as the lock last left it."""
+
+    def __init__(self, publish) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # changed only by the thread that holds the lock
+        self._publish = publish
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self._depth += 1
+        return got
+
+    def release(self) -> None:
+        try:
+            if self._depth == 1:
+                self._publish()
+        finally:  # released even if reading the view failed
+            self._depth -= 1
+            self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class PromptSession:
     """Owns a :class:`VideoTracker` and applies prompt tables to it, frame by frame.
 
@@ -73,7 +124,10 @@ class PromptSession:
     need whole frames (:meth:`downscaled_because`).
 
     Calls are serialised by a lock, so a front end may call from worker threads (e.g. a click
-    while a propagation runs waits for the frame in progress).
+    while a propagation runs waits for the frame in progress). What an event loop reads —
+    :attr:`obj_ids`, :meth:`mask_prompted`, :meth:`prompted_frames` — never waits for the lock:
+    it is the current state when the lock is free, else the state as it was when the lock was
+    last free (a propagated frame or an embedding holds it for seconds).
     """
 
     def __init__(
@@ -81,7 +135,8 @@ class PromptSession:
     ) -> None:
         self.tracker = VideoTracker(model, frames, **tracker_options)
         self.windows = WindowedPrompts(self.tracker, tiles, tile, halo)
-        self.lock = threading.RLock()
+        self._view = SessionView()
+        self.lock = _ViewLock(self._read_view)
         self._synced: dict[tuple[int, int], tuple] = {}  # (frame, obj_id) -> prompt signature
         # frame -> the label image its mask prompts were taken from, and the ids taken
         self._label_prompts: dict[int, tuple[np.ndarray, set[int]]] = {}
@@ -215,14 +270,32 @@ class PromptSession:
 
     def mask_prompted(self, frame: int) -> set[int]:
         """Ids of the objects whose prompt on ``frame`` is a mask (their labels there are the
-        user's: a front end should not overwrite them with the tracker's result)."""
-        with self.lock:
-            return set(self._label_prompts.get(frame, (None, set()))[1])
+        user's: a front end should not overwrite them with the tracker's result). Never waits
+        for the lock (:meth:`view`)."""
+        return set(self.view().masked.get(frame, ()))
 
     @property
     def obj_ids(self) -> tuple[int, ...]:
-        with self.lock:
-            return self.tracker.obj_ids
+        """The tracked objects' ids, in result order. Never waits for the lock (:meth:`view`)."""
+        return self.view().obj_ids
+
+    def prompted_frames(self, obj_id: int) -> tuple[int, ...]:
+        """The frames where object ``obj_id`` has a prompt (none for an id not tracked). Never
+        waits for the lock (:meth:`view`)."""
+        return self.view().prompted.get(obj_id, ())
+
+    def view(self) -> SessionView:
+        """The session's objects and prompts without waiting: read now when the lock is free
+        (or held by this thread), else as they were when it was last free."""
+        if self.lock.acquire(blocking=False):
+            try:
+                self._read_view()
+            finally:
+                self.lock.release()
+        return self._view
+
+    def _read_view(self) -> None:
+        self._view = SessionView.of(self)
 
     def _has_prompts(self, obj_id: int) -> bool:
         return any(o == obj_id for _, o in self._synced) or any(

@@ -20,6 +20,7 @@ import torch
 from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import (
+    ConditionedCache,
     MemoryPlan,
     batches,
     commit_pending,
@@ -111,6 +112,7 @@ class VideoTracker:
         self.object_batch = object_batch
         self._spill_dir = spill_dir
         self._objects: dict[int, ObjectMemory] = {}
+        self._conditioned = ConditionedCache()  # memory attention kept for the next click
         self._new_prompt_frames: set[int] = set()
         self._resume: dict[bool, int | None] = {False: None, True: None}
         # The passes still to run of an interrupted propagate() call, keyed by its arguments:
@@ -229,7 +231,7 @@ class VideoTracker:
             if plan is None or plan.size == (0, 0):  # nothing to remember: as a first frame
                 features = self.model.without_memory(emb.features)
             else:
-                features = condition(self.model, [plan], emb.features, emb.pos, self._max_ptrs)
+                features = self._conditioned.condition(self.model, plan, emb, self._max_ptrs)
             _, _, best, pointer, score = self.model.decode_tracked(
                 features,
                 emb.high_res,
@@ -312,6 +314,7 @@ class VideoTracker:
         self._check_open()
         self._object(obj_id).forget()
         del self._objects[obj_id]
+        self._conditioned.drop(obj_id)
         self._unfinished = None
 
     def reset(self) -> None:
@@ -320,6 +323,7 @@ class VideoTracker:
             obj.forget()
         self._objects.clear()
         self._lineage = None
+        self._conditioned.drop()
         self._embeddings.clear_ram()  # a store on disk stays valid: same frames, same model
         self._new_prompt_frames.clear()
         self._resume = {False: None, True: None}
