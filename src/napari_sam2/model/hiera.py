@@ -13,6 +13,7 @@ from torch import nn
 
 from .common import MLP
 from .config import HieraConfig
+from .precision import Conv2d, Linear
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -52,8 +53,8 @@ class MultiScaleAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.pool_queries = pool_queries
-        self.qkv = nn.Linear(dim, dim_out * 3)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, dim_out * 3)
+        self.proj = Linear(dim_out, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H', W', C_out); H' = H/2 when queries are pooled."""
@@ -82,7 +83,7 @@ class MultiScaleBlock(nn.Module):
         self.attn = MultiScaleAttention(dim, dim_out, num_heads, pool_queries=pool)
         self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
         self.mlp = MLP(dim_out, 4 * dim_out, dim_out, num_layers=2, activation=nn.GELU)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.proj = Linear(dim, dim_out) if dim != dim_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H', W', C_out)."""
@@ -115,7 +116,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
+        self.proj = Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)
