@@ -135,6 +135,7 @@ class Hiera(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, c, *config.window_pos_embed_bkg_spatial_size))
         w0 = config.window_spec[0]
         self.pos_embed_window = nn.Parameter(torch.zeros(1, c, w0, w0))
+        self._pos_cache: tuple | None = None  # (size and parameter versions, embedding)
 
         stage_ends = [sum(config.stages[: i + 1]) - 1 for i in range(len(config.stages))]
         self.stage_ends = tuple(stage_ends)
@@ -152,11 +153,20 @@ class Hiera(nn.Module):
             dim = dim_out
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
-        """(1, H, W, C) position embedding for an (H, W) token map."""
-        pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
-        win = self.pos_embed_window
+        """(1, H, W, C) position embedding for an (H, W) token map. Without gradients it is
+        kept for the size until the parameters change (the bicubic interpolation costs about
+        2 % of an encoding, the same on every frame)."""
+        bkg, win = self.pos_embed, self.pos_embed_window
+        key = (h, w, bkg.device, bkg.data_ptr(), bkg._version, win._version)
+        cached = self._pos_cache
+        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+            return cached[1]
+        pos = F.interpolate(bkg, size=(h, w), mode="bicubic")
         pos = pos + win.tile(1, 1, h // win.shape[-2], w // win.shape[-1])
-        return pos.permute(0, 2, 3, 1)
+        pos = pos.permute(0, 2, 3, 1)
+        if not torch.is_grad_enabled():
+            self._pos_cache = (key, pos)
+        return pos
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) -> stage outputs (B, C, S/4, S/4) ... (B, 8C, S/32, S/32), finest first."""
