@@ -107,7 +107,8 @@ class CastOnce:
     (an optimiser step, ``load_state_dict``, a move to another device: the copy is keyed by
     their version counters and storage). With ``compute_dtype`` None it is the torch layer,
     bit for bit. The input is cast to the dtype the layer computes in, so a layer kept in fp32
-    accepts the reduced output of the layer before it."""
+    accepts the reduced output of the layer before it. (An edit through ``weight.data`` bumps
+    no version counter: call ``set_precision`` again after one.)"""
 
     compute_dtype: torch.dtype | None = None
     _copy: tuple | None = None
