@@ -97,8 +97,9 @@ class SAM2Model(nn.Module):
     def set_precision(self, precision: str) -> SAM2Model:
         """fp32, bf16, fp16 or auto (chosen for the model's device); raises
         :class:`~.precision.PrecisionError` where the device cannot compute it fast. A reduced
-        precision converts the weights of :data:`REDUCED_PARTS` now, once; fp32 goes back to
-        the fp32 parameters, which never change (the state dict is always fp32)."""
+        precision converts the weights of :data:`REDUCED_PARTS` now, once, into copies beside
+        the fp32 parameters, which it never changes: fp32 gives back the exact model, and the
+        state dict is always fp32."""
         self.precision = resolve_precision(precision, self.device)
         dtype = None if self.precision == "fp32" else DTYPES[self.precision]
         for name in self.REDUCED_PARTS:
