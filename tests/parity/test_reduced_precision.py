@@ -2,8 +2,10 @@
 masks: the object-score head leans to "present"): embeddings kept on disk in float16, and the
 network in bf16 (where the CPU computes it natively; elsewhere it must be refused).
 
-Thresholds: mean mask IoU >= 0.999 for the float16 store; for bf16, max |dlogit| <= 0.1, pixel
-agreement >= 99 % and mean IoU >= 0.95. Random weights leave much of a mask's area with logits
+Thresholds: mean mask IoU >= 0.999 for the float16 store; for bf16, max |dlogit| <= 0.02, pixel
+agreement >= 99 % and mean IoU >= 0.95, from measurements with weights converted once (an
+AVX512-BF16 CPU, 32 frames: |dlogit| 6.6e-3 and 7.2e-3, pixels 99.53 % and 99.52 %, IoU 0.967
+and 0.968 for one and two objects). Random weights leave much of a mask's area with logits
 close to 0, where a change of 0.01 flips pixels: the logit difference is the telling figure
 (the figures printed are in docs/troubleshooting.md#speed).
 """
@@ -98,4 +100,4 @@ def test_bf16_agrees_where_the_cpu_computes_it(model):
         print(f"bf16, 32 frames, {scenario}: pixels {pixels:.5f}, IoU {iou:.5f}, ", end="")
         print(f"|dlogit| {dlogit:.1e}")
     for pixels, iou, dlogit in results.values():
-        assert dlogit <= 0.1 and pixels >= 0.99 and iou >= 0.95
+        assert dlogit <= 0.02 and pixels >= 0.99 and iou >= 0.95

@@ -15,6 +15,7 @@ from sam2.build_sam import build_sam2
 
 import napari_sam2 as ns
 from napari_sam2.cli import main
+from napari_sam2.model import native_bf16_cpu
 from napari_sam2.train import state_path
 
 pytestmark = pytest.mark.usefixtures("cli_env")
@@ -309,3 +310,24 @@ def test_a_file_size_limit_at_save_leaves_no_partial_checkpoint(
     assert 149 <= _mib_needed(proc.stderr) < 160
     assert "no resumable state could be kept either" in proc.stderr  # the state is larger
     assert "Traceback" not in proc.stderr and _files(tmp_path) == before
+
+
+def test_bf16_training_changes_the_fp32_weights_it_trains(tmp_path, stack, random_tiny_checkpoint):
+    """In bf16 the layers being trained cast their fp32 weights on every step (frozen ones use
+    a copy made once): gradients reach the fp32 parameters, and the checkpoint written is the
+    fp32 one, trained parts changed (LoRA merged into the trunk), frozen ones not. Where the
+    CPU has no native bf16, the refusal is what is asserted."""
+    out = tmp_path / "bf16.pt"
+    if not native_bf16_cpu():
+        with pytest.raises(ns.PrecisionError, match="no native bf16"):
+            _api(stack, out, random_tiny_checkpoint, precision="bf16")
+        return
+    _api(stack, out, random_tiny_checkpoint, precision="bf16", lora=2)
+    before = torch.load(random_tiny_checkpoint, weights_only=True)["model"]
+    after = torch.load(out, weights_only=True)["model"]
+    assert list(after) == list(before)
+    assert all(v.dtype == torch.float32 for v in after.values())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("memory_attention.") for k in changed)
+    assert any(k.startswith("image_encoder.trunk.blocks.") for k in changed)  # LoRA merged
+    assert not any(k.startswith("image_encoder.neck.") for k in changed)  # frozen

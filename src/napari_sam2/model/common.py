@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from .precision import Linear
+
 
 class MLP(nn.Module):
     """``num_layers`` linear layers with an activation between them (none after the last)."""
@@ -22,7 +24,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = activation()
         self.sigmoid_output = sigmoid_output
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .common import MLP
 from .config import HieraConfig
+from .precision import Conv2d, Linear
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -52,8 +53,8 @@ class MultiScaleAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.pool_queries = pool_queries
-        self.qkv = nn.Linear(dim, dim_out * 3)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, dim_out * 3)
+        self.proj = Linear(dim_out, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H', W', C_out); H' = H/2 when queries are pooled."""
@@ -82,7 +83,7 @@ class MultiScaleBlock(nn.Module):
         self.attn = MultiScaleAttention(dim, dim_out, num_heads, pool_queries=pool)
         self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
         self.mlp = MLP(dim_out, 4 * dim_out, dim_out, num_layers=2, activation=nn.GELU)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.proj = Linear(dim, dim_out) if dim != dim_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H', W', C_out)."""
@@ -115,7 +116,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
+        self.proj = Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)
@@ -134,6 +135,7 @@ class Hiera(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, c, *config.window_pos_embed_bkg_spatial_size))
         w0 = config.window_spec[0]
         self.pos_embed_window = nn.Parameter(torch.zeros(1, c, w0, w0))
+        self._pos_cache: tuple | None = None  # (size and parameter versions, embedding)
 
         stage_ends = [sum(config.stages[: i + 1]) - 1 for i in range(len(config.stages))]
         self.stage_ends = tuple(stage_ends)
@@ -151,11 +153,20 @@ class Hiera(nn.Module):
             dim = dim_out
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
-        """(1, H, W, C) position embedding for an (H, W) token map."""
-        pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
-        win = self.pos_embed_window
+        """(1, H, W, C) position embedding for an (H, W) token map. Without gradients it is
+        kept for the size until the parameters change (the bicubic interpolation costs about
+        2 % of an encoding, the same on every frame)."""
+        bkg, win = self.pos_embed, self.pos_embed_window
+        key = (h, w, bkg.device, bkg.data_ptr(), bkg._version, win._version)
+        cached = self._pos_cache
+        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+            return cached[1]
+        pos = F.interpolate(bkg, size=(h, w), mode="bicubic")
         pos = pos + win.tile(1, 1, h // win.shape[-2], w // win.shape[-1])
-        return pos.permute(0, 2, 3, 1)
+        pos = pos.permute(0, 2, 3, 1)
+        if not torch.is_grad_enabled():
+            self._pos_cache = (key, pos)
+        return pos
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) -> stage outputs (B, C, S/4, S/4) ... (B, 8C, S/32, S/32), finest first."""

@@ -11,6 +11,7 @@ from torch import nn
 from .common import sine_position_encoding
 from .config import HieraConfig
 from .hiera import Hiera
+from .precision import Conv2d
 
 
 class FpnNeck(nn.Module):
@@ -28,7 +29,7 @@ class FpnNeck(nn.Module):
         self.convs = nn.ModuleList()
         for dim in reversed(stage_dims):
             branch = nn.Sequential()
-            branch.add_module("conv", nn.Conv2d(dim, d_model, kernel_size=1))
+            branch.add_module("conv", Conv2d(dim, d_model, kernel_size=1))
             self.convs.append(branch)
 
     def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:

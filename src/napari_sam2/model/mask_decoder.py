@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
+from .precision import Conv2d, ConvTranspose2d, Linear
 
 NUM_MULTIMASK = 3
 STABILITY_DELTA = 0.05
@@ -27,10 +28,10 @@ class Attention(nn.Module):
         internal = dim // downsample_rate
         kv_in_dim = kv_in_dim or dim
         self.num_heads = num_heads
-        self.q_proj = nn.Linear(dim, internal)
-        self.k_proj = nn.Linear(kv_in_dim, internal)
-        self.v_proj = nn.Linear(kv_in_dim, internal)
-        self.out_proj = nn.Linear(internal, dim)
+        self.q_proj = Linear(dim, internal)
+        self.k_proj = Linear(kv_in_dim, internal)
+        self.v_proj = Linear(kv_in_dim, internal)
+        self.out_proj = Linear(internal, dim)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -72,12 +73,14 @@ class Attention(nn.Module):
         h = self.num_heads
         q = self.split_heads(self.q_proj(q_in))  # (B, h, Nq, d)
         d = q.shape[-1]
-        wk = self.k_proj.weight.reshape(h, d, -1)  # (h, d, Ckv)
+        k_in, v_in = self.k_proj.compute_input(k_in), self.v_proj.compute_input(v_in)
+        wk = self.k_proj.weights()[0].reshape(h, d, -1)  # (h, d, Ckv)
         qk = (q * d**-0.5) @ wk  # (B, h, Nq, Ckv)
         weights = torch.softmax(qk.flatten(1, 2) @ k_in.transpose(1, 2), dim=-1)  # (B, hNq, Nk)
         mixed = (weights @ v_in).reshape(b, h, nq, -1)  # (B, h, Nq, Ckv)
-        wv = self.v_proj.weight.reshape(h, d, -1)  # (h, d, Ckv)
-        out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.reshape(h, 1, d)  # (B, h, Nq, d)
+        wv, bv = self.v_proj.weights()
+        wv = wv.reshape(h, d, -1)  # (h, d, Ckv)
+        out = mixed @ wv.transpose(1, 2) + bv.reshape(h, 1, d)  # (B, h, Nq, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
 
 
@@ -162,15 +165,15 @@ class MaskDecoder(nn.Module):
         self.mask_tokens = nn.Embedding(num_tokens, dim)
         self.obj_score_token = nn.Embedding(1, dim)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
             LayerNorm2d(dim // 4),
             nn.GELU(),
-            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
         # Project the two finer pyramid levels for the upscaling path (applied once per image).
-        self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
-        self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        self.conv_s0 = Conv2d(dim, dim // 8, kernel_size=1)
+        self.conv_s1 = Conv2d(dim, dim // 4, kernel_size=1)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, 3) for _ in range(num_tokens)
         )
@@ -216,7 +219,8 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, 4, C/8)
         _, uc, uh, uw = up.shape
-        masks = (hyper @ up.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
+        # The mask logits in fp32 whatever the precision (the hypernetwork heads are fp32).
+        masks = (hyper @ up.reshape(b, uc, uh * uw).to(hyper.dtype)).reshape(b, -1, uh, uw)
         return DecoderOutput(
             masks,
             self.iou_prediction_head(iou_token),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mask_decoder import Attention
+from .precision import Linear
 
 ROPE_THETA = 10000.0
 
@@ -84,13 +85,13 @@ class RoPEAttention(Attention):
 
         q, k: (B, h, N, d) heads-split; v: (B, Nk, Cv) raw values. Returns (B, Nq, dim)."""
         b, h, n, d = q.shape
-        v = v.to(q.dtype)[:, None].expand(b, h, *v.shape[1:])  # every head: the same raw values
+        v = self.v_proj.compute_input(v)[:, None].expand(b, h, *v.shape[1:])  # same for all heads
         if q.device.type == "cpu":
             weighted = _chunked_attention(q, k, v, key_mask)
         else:
             weighted = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        w = self.v_proj.weight.reshape(h, d, -1).to(weighted.dtype)  # (h, d, Cv)
-        bias = self.v_proj.bias.reshape(h, 1, d).to(weighted.dtype)
+        w, bias = self.v_proj.weights()
+        w, bias = w.reshape(h, d, -1), bias.reshape(h, 1, d)  # (h, d, Cv), (h, 1, d)
         out = torch.einsum("bhnc,hdc->bhnd", weighted, w) + bias
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
@@ -123,8 +124,8 @@ class MemoryAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn = RoPEAttention(dim)
         self.cross_attn_image = RoPEAttention(dim, kv_in_dim=mem_dim)
-        self.linear1 = nn.Linear(dim, ffn_dim)
-        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.linear1 = Linear(dim, ffn_dim)
+        self.linear2 = Linear(ffn_dim, dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .common import LayerNorm2d, sine_position_encoding
+from .precision import Conv2d, Linear
 
 
 class MaskDownSampler(nn.Module):
@@ -17,11 +18,11 @@ class MaskDownSampler(nn.Module):
         c_in = 1
         for _ in range(num_layers):
             c_out = c_in * 4
-            self.encoder.append(nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1))
+            self.encoder.append(Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1))
             self.encoder.append(LayerNorm2d(c_out))
             self.encoder.append(nn.GELU())
             c_in = c_out
-        self.encoder.append(nn.Conv2d(c_in, embed_dim, kernel_size=1))
+        self.encoder.append(Conv2d(c_in, embed_dim, kernel_size=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -32,11 +33,11 @@ class CXBlock(nn.Module):
 
     def __init__(self, dim: int = 256) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = LayerNorm2d(dim)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv1 = Linear(dim, 4 * dim)
         self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.pwconv2 = Linear(4 * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,9 +61,9 @@ class MemoryEncoder(nn.Module):
     def __init__(self, dim: int = 256, mem_dim: int = 64) -> None:
         super().__init__()
         self.mask_downsampler = MaskDownSampler(dim)
-        self.pix_feat_proj = nn.Conv2d(dim, dim, kernel_size=1)
+        self.pix_feat_proj = Conv2d(dim, dim, kernel_size=1)
         self.fuser = Fuser(dim)
-        self.out_proj = nn.Conv2d(dim, mem_dim, kernel_size=1)
+        self.out_proj = Conv2d(dim, mem_dim, kernel_size=1)
         self.mem_dim = mem_dim
 
     def forward(

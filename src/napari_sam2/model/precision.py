@@ -1,10 +1,13 @@
 """Reduced precision: which number formats a device computes fast, and how the model uses them.
 
 ``fp32`` is exact (the parity tests hold it to Meta's code). ``bf16`` and ``fp16`` run the
-network's matrix products and convolutions under ``torch.autocast`` — products accumulate in
-fp32, normalisations and the attention's softmax stay in fp32, and the mask logits, scores and
-object pointers the model returns are fp32 — and trade a little accuracy for speed where the
-hardware computes them natively:
+network's large products — the image encoder, the memory attention, the memory encoder and the
+mask decoder's transformer and upscaling — with weights converted once, when the precision is
+set (:class:`Linear`, :class:`Conv2d`, :class:`ConvTranspose2d`: the fp32 parameters stay the
+master copy, for the state dict, training and the way back to fp32). Products accumulate in
+fp32 inside the kernels; the residual streams, layer norms and softmax reductions, position
+encodings, the heads that make the mask logits, IoU and object scores, and the object pointers
+stay fp32. This trades a little accuracy for speed where the hardware computes them natively:
 
 - CUDA: bf16 (Ampere and later) or fp16;
 - CPU: bf16 only with native support (AVX512-BF16 or AMX). On a CPU without it a bf16 matrix
@@ -18,13 +21,14 @@ fp32 on other CPUs, fp16 on MPS.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import platform
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,8 +101,77 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` on ``device`` (nothing for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
+class CastOnce:
+    """For the layers below: with ``compute_dtype`` set (bf16, fp16) the layer multiplies in that
+    dtype with a copy of its weights made once, and made again only when the parameters change
+    (an optimiser step, ``load_state_dict``, a move to another device: the copy is keyed by
+    their version counters and storage). With ``compute_dtype`` None it is the torch layer,
+    bit for bit. The input is cast to the dtype the layer computes in, so a layer kept in fp32
+    accepts the reduced output of the layer before it. (An edit through ``weight.data`` bumps
+    no version counter: call ``set_precision`` again after one.)"""
+
+    compute_dtype: torch.dtype | None = None
+    _copy: tuple | None = None
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        self.compute_dtype = None if dtype == torch.float32 else dtype
+        self._copy = None
+        if self.compute_dtype is not None:
+            with torch.no_grad():
+                self.weights()  # converted now, not on the first call
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) in the dtype this layer computes in."""
+        w, b = self.weight, self.bias
+        dtype = self.compute_dtype
+        if dtype is None or dtype == w.dtype:
+            return w, b
+        if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
+            # Training this layer: cast on every call, so that gradients reach the fp32 weights.
+            return w.to(dtype), None if b is None else b.to(dtype)
+        key = (dtype, w.device, w.data_ptr(), w._version, None if b is None else b._version)
+        if self._copy is None or self._copy[0] != key:
+            with torch.no_grad():
+                self._copy = (key, w.to(dtype), None if b is None else b.to(dtype))
+        return self._copy[1], self._copy[2]
+
+    def compute_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.compute_dtype or self.weight.dtype)
+
+
+class Linear(CastOnce, nn.Linear):
+    """``nn.Linear`` that computes in its ``compute_dtype`` (:class:`CastOnce`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.compute_input(x), *self.weights())
+
+
+class Conv2d(CastOnce, nn.Conv2d):
+    """``nn.Conv2d`` that computes in its ``compute_dtype`` (:class:`CastOnce`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.compute_input(x), *self.weights())
+
+
+class ConvTranspose2d(CastOnce, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (no ``output_size``) that computes in its ``compute_dtype``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weights()
+        return F.conv_transpose2d(
+            self.compute_input(x),
+            w,
+            b,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
+def set_compute_dtype(module: nn.Module, dtype: torch.dtype | None) -> None:
+    """Every :class:`CastOnce` layer inside ``module`` computes in ``dtype`` (None: its own)."""
+    for layer in module.modules():
+        if isinstance(layer, CastOnce):
+            layer.set_compute_dtype(dtype)

@@ -6,7 +6,6 @@ no per-video state.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -19,7 +18,7 @@ from .image_encoder import ImageEncoder
 from .mask_decoder import DecoderOutput, MaskDecoder, select_masks
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
-from .precision import autocast, resolve_precision
+from .precision import DTYPES, resolve_precision, set_compute_dtype
 from .prompt_encoder import PromptEncoder
 
 NO_OBJECT_LOGIT = -1024.0  # mask logits of a frame where the object is judged absent
@@ -47,24 +46,26 @@ class ImageEmbedding(NamedTuple):
         )
 
 
-def _in_precision(method):
-    """Run a frame-level step under the model's autocast (nothing for fp32)."""
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        with autocast(self.device, self.precision):
-            return method(self, *args, **kwargs)
-
-    return run
-
-
 class SAM2Model(nn.Module):
     """The SAM 2 network. Parameter names follow Meta's checkpoints exactly.
 
-    ``precision`` (see :mod:`.precision`): "fp32" (exact, the default) or a reduced one that
-    runs the steps below under autocast; set it with :meth:`set_precision`. Mask logits, scores
-    and object pointers come back in fp32 whatever the precision.
+    ``precision`` (see :mod:`.precision`): "fp32" (exact, the default) or a reduced one in
+    which the :data:`REDUCED_PARTS` compute with weights converted once; set it with
+    :meth:`set_precision`. Mask logits, scores and object pointers come back in fp32 whatever
+    the precision.
     """
+
+    # The parts that do the large products; the rest (the prompt encoder, the decoder's
+    # hypernetwork, IoU and object-score heads, the object-pointer projections) stays fp32.
+    REDUCED_PARTS = (
+        "image_encoder",
+        "memory_attention",
+        "memory_encoder",
+        "sam_mask_decoder.transformer",
+        "sam_mask_decoder.output_upscaling",
+        "sam_mask_decoder.conv_s0",
+        "sam_mask_decoder.conv_s1",
+    )
 
     def __init__(self, config: SAM2Config) -> None:
         super().__init__()
@@ -95,8 +96,14 @@ class SAM2Model(nn.Module):
 
     def set_precision(self, precision: str) -> SAM2Model:
         """fp32, bf16, fp16 or auto (chosen for the model's device); raises
-        :class:`~.precision.PrecisionError` where the device cannot compute it fast."""
+        :class:`~.precision.PrecisionError` where the device cannot compute it fast. A reduced
+        precision converts the weights of :data:`REDUCED_PARTS` now, once, into copies beside
+        the fp32 parameters, which it never changes: fp32 gives back the exact model, and the
+        state dict is always fp32."""
         self.precision = resolve_precision(precision, self.device)
+        dtype = None if self.precision == "fp32" else DTYPES[self.precision]
+        for name in self.REDUCED_PARTS:
+            set_compute_dtype(self.get_submodule(name), dtype)
         return self
 
     def compile_parts(self) -> SAM2Model:
@@ -114,7 +121,6 @@ class SAM2Model(nn.Module):
         return self.no_mem_embed.device
 
     # ---------------------------------------------------------------- image
-    @_in_precision
     def encode_image(self, images: torch.Tensor) -> ImageEmbedding:
         """(B, 3, S, S) normalised images -> :class:`ImageEmbedding`."""
         levels, pos = self.image_encoder(images)
@@ -124,7 +130,6 @@ class SAM2Model(nn.Module):
         )
         return ImageEmbedding(levels[2], high_res, pos[2])
 
-    @_in_precision
     def decode(
         self,
         features: torch.Tensor,
@@ -153,7 +158,6 @@ class SAM2Model(nn.Module):
         return DecoderOutput(*(t.float() for t in out))  # logits and scores in fp32, always
 
     # ---------------------------------------------------------------- video steps
-    @_in_precision
     def condition_on_memory(
         self,
         features: torch.Tensor,
@@ -179,7 +183,6 @@ class SAM2Model(nn.Module):
         )
         return out.transpose(1, 2).reshape(b, c, h, w)
 
-    @_in_precision
     def memory_frame_tokens(self, features: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """(1|B, C, E, E) -> (1|B, EE, C): the memory attention's object-independent start."""
         tokens = features.flatten(2).transpose(1, 2)  # (1|B, HW, C)
@@ -204,7 +207,6 @@ class SAM2Model(nn.Module):
         enc = sine_encoding_1d(offsets.float() / max_offset, self.config.hidden_dim)
         return self.obj_ptr_tpos_proj(enc)
 
-    @_in_precision
     def encode_memory(
         self,
         features: torch.Tensor,
@@ -226,7 +228,6 @@ class SAM2Model(nn.Module):
             memory = memory + absent * self.no_obj_embed_spatial[..., None, None]
         return memory, pos
 
-    @_in_precision
     def memory_frame_projection(self, features: torch.Tensor) -> torch.Tensor:
         """The memory encoder's object-independent projection of a frame's features."""
         return self.memory_encoder.pix_feat_proj(features)
@@ -236,7 +237,6 @@ class SAM2Model(nn.Module):
         s = self.config.image_size
         return F.interpolate(low_res.float(), size=(s, s), mode="bilinear", align_corners=False)
 
-    @_in_precision
     def decode_tracked(
         self, features, high_res, points, labels, mask_logits, multimask, stability_fallback=True
     ):

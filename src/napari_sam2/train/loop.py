@@ -117,8 +117,9 @@ def train(
     train: ``decoder`` (prompt encoder + mask decoder), ``memory`` (+ memory attention and
     encoder) or ``all``; ``lora``: a rank, LoRA adapters on the image encoder (with ``decoder``
     or ``memory``). lr: default :data:`DEFAULT_LR` for the mode. clip_frames: K consecutive frames
-    per stack sample. precision: ``fp32``, ``bf16`` (autocast; only where the device has it
-    natively) or ``auto``. resume: continue an interrupted run from its state file.
+    per stack sample. precision: ``fp32``, ``bf16`` (only where the device has it natively;
+    :mod:`napari_sam2.model.precision`) or ``auto``. resume: continue an interrupted run from
+    its state file.
     ``progress(step, steps, loss, val_iou)`` is called after every step; an exception it
     raises stops the run (a front end's Cancel) with the resumable state kept. ``checkpoint``
     may also be a state dict in memory (the weights a front end is using).
