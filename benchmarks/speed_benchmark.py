@@ -101,6 +101,7 @@ def our_run(
     tracker.add_prompt(mid, 1, points=[(5, 5)], labels=[0])
     count, seconds = timed(tracker.propagate(start=mid), "re-propagation")
     out["re-propagation"] = seconds / count
+    out["object batch"] = tracker.object_batch  # the tracker's own choice where none is given
     tracker.close()
     return out | {f"{k} cpu": v for k, v in CPU.items()}
 
@@ -250,6 +251,9 @@ def main() -> None:
                             f"(CPU time {med['official'][k + ' cpu'] / m[k + ' cpu']:.2f}x)"
                             for k in PHASES
                         )
+                    batch = runs[name][0].get("object batch")
+                    if batch is not None and "batch" not in name:
+                        name = f"{name} (batch {batch})"
                     print(f"  {name:>10}: {cells}{ratio}")
             if args.both:
                 for pr, model in models.items():

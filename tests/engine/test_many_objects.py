@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import napari_sam2 as ns
 from napari_sam2.engine.labels import compose_labels, resolve_overlaps
@@ -165,3 +166,41 @@ def test_tracking_many_objects_writes_them_all(mini_model):
 def test_object_batch_must_be_positive(mini_model):
     with pytest.raises(ValueError, match="object_batch must be a positive integer"):
         ns.VideoTracker(mini_model, cells()[0], object_batch=0)
+
+
+@pytest.mark.parametrize(
+    ("device", "image_size", "threads", "expected"),
+    [
+        ("cpu", 1024, 2, 1),  # one object's operations are large: batches only cost cache
+        ("cpu", 512, 2, 4),  # small operations: a batch of 4 waits less between threads
+        ("cpu", 256, 16, 16),
+        ("cpu", 128, 2, 16),  # never more than a GPU's batch
+        ("cpu", 512, 1, 1),  # one thread waits for nothing: one object at a time
+        ("cuda", 1024, 1, 16),
+    ],
+)
+def test_default_object_batch_follows_input_size_and_threads(device, image_size, threads, expected):
+    from napari_sam2.engine.conditioning import default_object_batch
+
+    got = default_object_batch(torch.device(device), image_size // 16, threads)
+    assert got == expected
+
+
+def test_tracker_default_object_batch_on_the_cpu(mini_model):
+    stack, labels = cells()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batched = ns.VideoTracker(mini_model, stack)
+        torch.set_num_threads(1)
+        alone = ns.VideoTracker(mini_model, stack)
+    finally:
+        torch.set_num_threads(before)
+    assert (batched.object_batch, alone.object_batch) == (16, 1)  # 128² input: 8² tokens
+    for tracker in (batched, alone):  # the same masks either way
+        tracker.add_labels(0, labels)
+    results = [{r.frame: r.logits for r in t.propagate()} for t in (batched, alone)]
+    for frame, logits in results[1].items():
+        np.testing.assert_allclose(results[0][frame], logits, atol=1e-4)
+    for tracker in (batched, alone):
+        tracker.close()

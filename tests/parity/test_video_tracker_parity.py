@@ -58,8 +58,8 @@ def make_pair(name, video, image_size=256):
     model = SAM2Model(CONFIGS[name].with_image_size(image_size))
     model.load_state_dict(official.state_dict(), strict=True)
     folder, frames = video
-    # Objects in batches (the GPU default; on the CPU they run one at a time by default), so
-    # that the scenarios with several objects check the batched path.
+    # Objects in batches (the GPU default; on the CPU at 1024² or with one thread they run one
+    # at a time by default), so that the scenarios with several objects check the batched path.
     # The default temporary store keeps embeddings in float32, so re-propagation is exact too.
     tracker = ns.VideoTracker(model, frames, object_batch=16)
     return official, official.init_state(folder), tracker

@@ -13,8 +13,9 @@ one long task; on a cluster its objects can be split into groups instead, one ta
 
 SAM 2 tracks each object from its own prompts and memory; objects meet only where their masks
 overlap, in the label volume. So the merge equals one task's labels bit for bit where each
-object is computed alone (the CPU default, ``object_batch=1``; on a GPU, batched kernels may
-differ in the last bits). Groups need a common plan of frames: a stack is split only when all
+object is computed alone (``object_batch=1``: the CPU default at 1024² input or with one thread,
+as on dask workers; batches — on a GPU, or at small inputs with several threads — may differ
+in the logits' last bits). Groups need a common plan of frames: a stack is split only when all
 its prompts lie on one frame (a label image, automatic segmentation, or clicks on one frame).
 Each group runs the image encoder on every frame again: splitting pays off when the objects,
 not the frames, are the work.

@@ -75,6 +75,30 @@ def memory_plan(
     return MemoryPlan(obj, tuple(mems), tuple(ptrs))
 
 
+GPU_OBJECT_BATCH = 16
+# On the CPU a batch holds about as many frame tokens as one object at 1024² input (64² tokens).
+CPU_BATCH_TOKENS = 4096
+
+
+def default_object_batch(device: torch.device, embedding_size: int, threads: int) -> int:
+    """How many objects are computed together when the user does not say: 16 on a GPU.
+
+    On the CPU it is about the threads: every tensor operation ends with the ``threads``
+    meeting, and one object's memory attention, decoder and memory encoder are several hundred
+    operations — small ones at small inputs, where on a busy machine each meeting waits for a
+    thread that is not running (4 objects at 512² on 2 threads: 1.7× faster as one batch than
+    one at a time, on a shared machine). At 1024² batches were 3-7 % slower, and with one
+    thread nothing waits while a batch's working set leaves the cache (4 objects at 512²: 7 %
+    more CPU). So with several threads a batch holds about :data:`CPU_BATCH_TOKENS` frame
+    tokens — 1 object at 1024², 4 at 512², 16 at 256² and below — and with one thread, 1
+    (docs/troubleshooting.md#speed). Results equal any other batching's up to float rounding."""
+    if device.type != "cpu":
+        return GPU_OBJECT_BATCH
+    if threads <= 1:
+        return 1
+    return max(1, min(GPU_OBJECT_BATCH, CPU_BATCH_TOKENS // embedding_size**2))
+
+
 def batches(plans: Iterable[MemoryPlan], max_batch: int) -> list[list[MemoryPlan]]:
     """Plans grouped by size (first appearance order), each group cut into batches of at most
     ``max_batch``: memories within a batch stack without padding."""

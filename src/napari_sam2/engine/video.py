@@ -25,6 +25,7 @@ from .conditioning import (
     batches,
     commit_pending,
     condition,
+    default_object_batch,
     mask_as_output,
     memory_plan,
 )
@@ -41,12 +42,6 @@ from .prompts import (
     label_ids,
 )
 from .results import FrameResult, LabelsResult
-
-# Objects computed together on a GPU. On the CPU one at a time is as fast (measured: batches
-# of 4 and 16 are 3-7 % slower per object on 2 cores) and holds the least: at 1024² input the
-# memory attention, decoder and memory encoder hold about 170 MiB plus 100 MiB per object of
-# the batch.
-GPU_OBJECT_BATCH = 16
 
 
 class VideoTracker:
@@ -68,9 +63,11 @@ class VideoTracker:
     the disk cannot hold it, said once), float16 for a store at a path.
 
     Objects are computed ``object_batch`` at a time (objects whose memories have the same size
-    share a batch; default: 16 on a GPU, 1 on the CPU, where batches are no faster): peak memory
-    depends on the batch, not on the number of objects, and results equal those of one big batch
-    up to float rounding. Work that does not depend on the object — the image embedding, the
+    share a batch; default :func:`~.conditioning.default_object_batch`: 16 on a GPU; on the CPU
+    with several threads 1 at 1024² input, 4 at 512², 16 at 256², and 1 with one thread): peak
+    memory depends on the batch (at 1024² about 170 MiB plus 100 MiB per object of the batch),
+    not on the number of objects, and results equal those of one big batch up to float
+    rounding. Work that does not depend on the object — the image embedding, the
     first self-attention of the memory attention, the memory encoder's projection of the frame
     — is done once per frame for all objects.
     """
@@ -106,7 +103,8 @@ class VideoTracker:
             spare=lambda: store_for(None, embeddings_dtype, spill_dir, self.source, model),
         )
         if object_batch is None:
-            object_batch = 1 if model.device.type == "cpu" else GPU_OBJECT_BATCH
+            threads = torch.get_num_threads()
+            object_batch = default_object_batch(model.device, cfg.embedding_size, threads)
         if isinstance(object_batch, bool) or not isinstance(object_batch, int) or object_batch < 1:
             raise ValueError(f"object_batch must be a positive integer, got {object_batch!r}")
         self.object_batch = object_batch
