@@ -21,13 +21,8 @@ from ..model import SAM2Model
 from ..model.sam2 import NO_OBJECT_LOGIT, ImageEmbedding
 from .conditioning import (
     ConditionedCache,
-    MemoryPlan,
-    batches,
-    commit_pending,
-    condition,
     default_object_batch,
     mask_as_output,
-    memory_plan,
 )
 from .embeddings import EmbeddingStore, frame_fingerprint, store_for
 from .frame_embeddings import FrameEmbeddings
@@ -42,9 +37,10 @@ from .prompts import (
     label_ids,
 )
 from .results import FrameResult, LabelsResult
+from .video_passes import TrackingPasses
 
 
-class VideoTracker:
+class VideoTracker(TrackingPasses):
     """Track objects through a stack with SAM 2.
 
     ``frames``: (T, H, W) or (T, H, W, C) — numpy, dask, zarr, a tifffile memmap or a list of
@@ -430,88 +426,6 @@ class VideoTracker:
         for i in wanted:
             self._object(i)
         return tuple(i for i in self._objects if i in wanted)
-
-    def _propagate(self, call, passes, chosen=None):
-        for i, (first, last, reverse) in enumerate(passes):
-            yield from self._pass(first, last, reverse, call, passes[i + 1 :], chosen)
-        self._unfinished = None
-        # Prompts given while it ran are still to be followed by the next propagation.
-        self._new_prompt_frames = {f for o in self._objects.values() for f in o.pending}
-
-    def _default_start(self, reverse: bool, chosen=None) -> int:
-        candidates = set(self._new_prompt_frames)
-        if chosen is not None:  # their own new prompts, else all their prompts
-            objs = [self._objects[i] for i in chosen]
-            theirs = {f for o in objs for f in (*o.prompts, *o.pending)}
-            candidates = (candidates & theirs) or {f for o in objs for f in (*o.cond, *o.pending)}
-        elif self._resume[reverse] is not None:
-            candidates.add(self._resume[reverse])
-        if not candidates:
-            candidates = {f for o in self._objects.values() for f in o.cond}
-        return max(candidates) if reverse else min(candidates)
-
-    @torch.inference_mode()
-    def _pass(self, first, last, reverse, call, later, chosen) -> Iterator[FrameResult]:
-        self._check_open()
-        objects = self._objects.values() if chosen is None else [self._objects[i] for i in chosen]
-        commit_pending(self.model, objects, self._embedding, self.object_batch)
-        step = -1 if reverse else 1
-        order = range(first, last + step, step)
-        self._resume[reverse] = first
-        for i, frame in enumerate(order):
-            if i + 1 < len(order) and not self._embeddings.known(order[i + 1]):
-                self._prefetch.request(order[i + 1])
-            self._track_frame(frame, reverse, objects)
-            if not any(frame in o.pending for o in self._objects.values()):
-                self._new_prompt_frames.discard(frame)
-            more = i + 1 < len(order)
-            self._resume[reverse] = frame + step if more else None
-            rest = [(frame + step, last, reverse)] if more else []
-            self._unfinished = (call, rest + list(later)) if rest or later else None
-            yield self.result(frame)
-        self._resume[reverse] = None
-
-    def _track_frame(self, frame: int, reverse: bool, objects) -> None:
-        todo = [o for o in objects if frame not in o.cond]
-        # An object prompted while this propagation runs has nothing encoded to follow yet:
-        # the next propagation commits its prompt and tracks it.
-        plans = [self._memory_plan(o, frame, reverse) for o in todo]
-        plans = [p for p in plans if p.size != (0, 0)]
-        if plans:
-            emb = self._embedding(frame)
-            # Once per frame, for every object: the memory attention's and memory encoder's
-            # object-independent first steps.
-            tokens = self.model.memory_frame_tokens(emb.features, emb.pos)
-            projected = self.model.memory_frame_projection(emb.features)
-            for batch in batches(plans, self.object_batch):
-                features = condition(
-                    self.model, batch, emb.features, emb.pos, self._max_ptrs, tokens
-                )
-                b = len(batch)
-                high_res = tuple(h.expand(b, -1, -1, -1) for h in emb.high_res)
-                _, _, best, pointer, score = self.model.decode_tracked(
-                    features, high_res, None, None, None, multimask=True
-                )
-                memory, _ = self.model.encode_memory(
-                    emb.features, self.model.upscale_masks(best), score, False, projected
-                )
-                records = FrameRecord(best, pointer, score, memory.to(torch.bfloat16))
-                for i, plan in enumerate(batch):
-                    plan.obj.history.put(frame, records.select(i))
-        followed = {id(p.obj) for p in plans}
-        for obj in objects:
-            if frame in obj.cond or id(obj) in followed:
-                obj.tracked[frame] = reverse
-
-    def _memory_plan(self, obj: ObjectMemory, frame: int, reverse: bool) -> MemoryPlan:
-        return memory_plan(
-            obj,
-            frame,
-            reverse,
-            num_maskmem=self.model.config.num_maskmem,
-            max_ptrs=self._max_ptrs,
-            num_frames=self.num_frames,
-        )
 
     # ------------------------------------------------------------------ internals
     def _check_ready(self) -> None:
