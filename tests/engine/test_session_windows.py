@@ -1,6 +1,6 @@
 """A tiled PromptSession propagates in native-resolution windows (engine/session_windows.py): a
 WindowTracker given the session's prompts, corrections on propagated frames answered by it and
-re-propagated, cancel and the downscaled fall-back (lineage, embeddings stores). Real network,
+re-propagated, cancel, the downscaled fall-back (lineage), an embeddings store keeping the windows. Real network,
 random weights, a 128-pixel input on 420 x 400 frames (tiled: 420 > 1.5 x 128)."""
 
 from __future__ import annotations
@@ -99,21 +99,51 @@ def test_cancel_keeps_what_was_yielded_and_the_next_run_starts_again(mini_model)
     assert len(list(session.propagate("forward"))) == 3
 
 
-def test_lineage_and_embeddings_stores_fall_back_to_the_downscaled_tracker(mini_model, tmp_path):
+def test_lineage_falls_back_to_the_downscaled_tracker(mini_model):
     frames = big_frames(t=2)
     session = PromptSession(mini_model, frames, tiles=True)
     session.sync_frame(0, CLICKS, [])
     assert not session.in_windows(divisions=True)
     assert "whole slices" in session.downscaled_because(new_objects=2)
-    stored = PromptSession(mini_model, frames, tiles=True, embeddings=str(tmp_path / "e.zarr"))
-    stored.sync_frame(0, CLICKS, [])
-    assert "embeddings store" in stored.downscaled_because()
-    results = list(stored.propagate("forward"))
+    results = list(session.propagate("forward", divisions=True))
     assert [r.frame for r in results] == [0, 1]
     assert not isinstance(results[1], WindowFrameResult)  # the tracker's downscaled result
     untiled = PromptSession(mini_model, frames, tiles=False)
     assert not untiled.in_windows() and untiled.downscaled_because() is None
-    stored.close()
+    session.close()
+
+
+def test_an_embeddings_store_keeps_the_windows_and_a_second_session_encodes_nothing(
+    mini_model, tmp_path
+):
+    frames = big_frames(t=3)
+    ram = PromptSession(mini_model, frames, tiles=True)
+    ram.sync_frame(0, CLICKS, [])
+    expected = list(ram.propagate("forward"))
+    ram.close()
+    store = str(tmp_path / "e.zarr")
+    runs = []
+    for _ in range(2):
+        stored = PromptSession(
+            mini_model, frames, tiles=True, embeddings=store, embeddings_dtype="float32"
+        )
+        stored.sync_frame(0, CLICKS, [])  # (the clicks' answers embed their windows anew)
+        assert stored.in_windows() and stored.downscaled_because() is None
+        calls = []
+        hook = mini_model.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            results = list(stored.propagate("forward"))
+        finally:
+            hook.remove()
+            stored.close()
+        runs.append((results, len(calls)))
+    (first, first_calls), (second, second_calls) = runs
+    assert first_calls > 0 and second_calls == 0  # every window's frames read back
+    assert [r.frame for r in second] == [0, 1, 2]
+    assert all(isinstance(r, WindowFrameResult) for r in second[1:])  # followed in windows
+    for a, b, c in zip(expected, first, second):
+        np.testing.assert_array_equal(a.logits, b.logits)
+        np.testing.assert_array_equal(a.logits, c.logits)
 
 
 def test_a_renamed_object_keeps_its_windowed_results(mini_model):

@@ -120,8 +120,8 @@ class PromptSession:
     prompts the tracker (see ``windowed_prompts.py``). ``tiled`` says whether it applies.
     Propagation then follows each object in a native-resolution window too (a
     :class:`~.window_tracking.WindowTracker` given the session's prompts, see
-    ``session_windows.py``), except with new objects, divisions or an embeddings store, which
-    need whole frames (:meth:`downscaled_because`).
+    ``session_windows.py``; with an embeddings store, each window's frames are kept there),
+    except with new objects or divisions, which need whole frames (:meth:`downscaled_because`).
 
     Calls are serialised by a lock, so a front end may call from worker threads (e.g. a click
     while a propagation runs waits for the frame in progress). What an event loop reads —
@@ -373,7 +373,7 @@ class PromptSession:
     def propagate(self, direction="forward", start=None, stop=None, obj_ids=None, **lineage):
         """Like :meth:`VideoTracker.propagate` (of ``obj_ids`` only, if given; ``lineage``: its
         new_objects, divisions, lineage_options, lineage_edits), holding the lock for each frame
-        only. On a tiled session (without lineage or an embeddings store: :meth:`in_windows`)
+        only. On a tiled session (without new objects or divisions: :meth:`in_windows`)
         every object is followed in its native-resolution window (``obj_ids`` is not used:
         every object runs), results as :class:`~.window_frames.WindowFrameResult` s."""
         if self.in_windows(**lineage):
@@ -436,7 +436,7 @@ class PromptSession:
 
     def downscaled_because(self, **lineage) -> str | None:
         """On a tiled session, why a propagation with these options runs on downscaled
-        frames (new objects, divisions and embeddings stores need whole frames); else None."""
+        frames (new objects and divisions need whole frames); else None."""
         return self.window_tracking.downscaled_because(lineage)
 
     @property

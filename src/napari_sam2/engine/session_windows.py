@@ -18,9 +18,10 @@ tracker's (:meth:`overlay`), and a correction click there is answered by the win
 (:meth:`prompt`): conditioned on the object's memory of the other frames, starting from its
 tracked mask, in its window, as on small slices. The next propagation re-propagates it.
 
-New objects, divisions and lineage, and an embeddings store at a path, need whole frames: a
-propagation with them runs on the downscaled tracker, as the command line does
-(:meth:`downscaled_because`).
+An embeddings store at a path serves both trackers: the downscaled one keeps whole frames in
+it, the window tracker each window's frames in its window store there (``embeddings.py``).
+New objects, divisions and lineage need whole frames: a propagation with them runs on the
+downscaled tracker, as the command line does (:meth:`downscaled_because`).
 """
 
 from __future__ import annotations
@@ -95,8 +96,6 @@ class SessionWindows:
         slices (None: it runs in windows, or the session is not tiled)."""
         if not self.on:
             return None
-        if self._store:
-            return "the embeddings store holds whole slices"
         used = [k for k in LINEAGE_OPTIONS if lineage.get(k) not in (None, False, (), [])]
         if used or self.tracker._lineage is not None:
             return "new objects and divisions are found on whole slices"
@@ -115,6 +114,8 @@ class SessionWindows:
                 channel=source.channel,
                 window=source.window,  # the intensities the clicks were answered with
                 percentiles=source.percentiles,
+                # the session's store at a path keeps the windows' frames too (else temporary)
+                embeddings=self.tracker.embeddings if self._store else None,
                 **self._options,
             )
         return self.window_tracker
