@@ -5,11 +5,11 @@ them, and undone exactly."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
+from lock_holding import lock_held
 from qt_helpers import click, moving_and_still_cell, started, wait
 
 pytestmark = pytest.mark.display
@@ -22,24 +22,11 @@ def test_writing_a_result_and_listing_objects_do_not_wait_for_the_session(
     click(qtbot, widget, 1, 21, 26)
     result = widget.session.tracker.result(1)
     widget.labels_layer.data[1] = 0  # so that writing the result changes the slice
-    held, done = threading.Event(), threading.Event()
-
-    def propagated_slice():  # a worker holding the lock, as a propagation does per slice
-        with widget.session.lock:
-            held.set()
-            done.wait(5)
-
-    thread = threading.Thread(target=propagated_slice)
-    thread.start()
-    held.wait()
-    try:
+    with lock_held(widget.session.lock):  # as a propagation holds it per slice
         t0 = time.perf_counter()
         widget.write_result(result)
         widget.refresh_objects()
         took = time.perf_counter() - t0
-    finally:
-        done.set()
-        thread.join()
     assert took < 0.5, f"the event loop waited {took:.2f} s for the session's lock"
     assert (widget.labels_layer.data[1] == 1).any()
     assert widget.object_list.infos[1].prompted == [1]

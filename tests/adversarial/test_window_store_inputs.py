@@ -16,6 +16,7 @@ import tifffile
 import torch
 from cli_helpers import FAST, NO_MODEL, refuses
 from conftest import snapshot
+from test_embeddings_store import _as_nobody, _lock  # run as nobody; a store made read-only
 
 import napari_sam2 as ns
 from napari_sam2.engine.embeddings import EmbeddingsError, EmbeddingStore, EmbeddingsWarning
@@ -187,18 +188,6 @@ def test_a_store_tracked_with_another_margin_gives_the_in_ram_result(mini_model,
 
 
 # ------------------------------------------------------------------ read-only stores
-def _as_nobody(fn):
-    from test_cli_inputs import _as_unprivileged_user
-
-    return _as_unprivileged_user(fn)
-
-
-def _lock(root: Path) -> None:
-    for p in sorted(root.rglob("*"), reverse=True):
-        p.chmod(0o555 if p.is_dir() else 0o444)
-    root.chmod(0o555)
-
-
 @handled
 def test_a_read_only_store_gives_its_windows_and_the_rest_is_computed(mini_model):
     expected = clicks(mini_model, image(), None)

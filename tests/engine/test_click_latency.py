@@ -120,8 +120,9 @@ def test_labels_resolve_only_the_objects_that_can_win_a_pixel(monkeypatch):
 
 
 def test_what_a_front_end_reads_of_a_session_never_waits_for_its_lock(mini_model):
-    import threading
     import time
+
+    from lock_holding import lock_held
 
     from napari_sam2.engine.session import PointRow, PromptSession
 
@@ -130,23 +131,10 @@ def test_what_a_front_end_reads_of_a_session_never_waits_for_its_lock(mini_model
     labels = np.zeros((40, 56), np.uint16)
     labels[25:35, 40:50] = 2
     session.add_label_prompts(2, labels, [2])
-    held, done = threading.Event(), threading.Event()
-
-    def propagated_frame():
-        with session.lock:
-            held.set()
-            done.wait(5)
-
-    thread = threading.Thread(target=propagated_frame)
-    thread.start()
-    held.wait()
-    try:
+    with lock_held(session.lock):  # as a propagation holds it per frame
         t0 = time.perf_counter()
         seen = session.obj_ids, session.mask_prompted(2), session.prompted_frames(1)
         took = time.perf_counter() - t0
-    finally:
-        done.set()
-        thread.join()
     assert took < 0.5, f"reading the session waited {took:.2f} s for its lock"
     assert seen == ((1, 2), {2}, (0,))  # the state as the lock last left it
     session.remove_object(2)

@@ -1,27 +1,19 @@
 """A tiled PromptSession propagates in native-resolution windows (engine/session_windows.py): a
 WindowTracker given the session's prompts, corrections on propagated frames answered by it and
-re-propagated, cancel, the downscaled fall-back (lineage), an embeddings store keeping the windows. Real network,
-random weights, a 128-pixel input on 420 x 400 frames (tiled: 420 > 1.5 x 128)."""
+re-propagated, cancel, the downscaled fall-back (lineage), an embeddings store keeping the
+windows. Real network, random weights, a 128-pixel input on 420 x 400 frames (tiled:
+420 > 1.5 x 128)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_window_store import count_encodings
+from test_windowed_prompts import big_frames  # two small discs near opposite corners
 
 import napari_sam2 as ns
 from napari_sam2.engine.session import PointRow, PromptSession
 from napari_sam2.engine.window_frames import WindowFrameResult
-
-
-def big_frames(t=3, h=420, w=400):
-    """Small bright discs near two opposite corners, moving a little (uint16)."""
-    rr, cc = np.mgrid[:h, :w]
-    data = np.full((t, h, w), 300, np.uint16)
-    for i in range(t):
-        data[i][(rr - 40 - i) ** 2 + (cc - 50) ** 2 < 9**2] = 3000
-        data[i][(rr - 370) ** 2 + (cc - 340 - i) ** 2 < 9**2] = 3000
-    return data
-
 
 CLICKS = [PointRow(1, 0, 370.0, 340.0, True), PointRow(2, 0, 40.0, 50.0, True)]
 
@@ -129,8 +121,7 @@ def test_an_embeddings_store_keeps_the_windows_and_a_second_session_encodes_noth
         )
         stored.sync_frame(0, CLICKS, [])  # (the clicks' answers embed their windows anew)
         assert stored.in_windows() and stored.downscaled_because() is None
-        calls = []
-        hook = mini_model.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+        calls, hook = count_encodings(mini_model)
         try:
             results = list(stored.propagate("forward"))
         finally:
