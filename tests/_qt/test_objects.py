@@ -36,6 +36,26 @@ def flow(make_napari_viewer, qtbot, model):
     wait(qtbot, widget)
 
 
+def test_the_segment_everything_controls_start_at_the_generators_defaults(
+    make_napari_viewer, monkeypatch
+):
+    """The widget's clicks per side, min. quality and min. stability are the generator's
+    defaults, read from its signature (the one place they are written), not copies."""
+    import inspect
+
+    import napari_sam2 as ns
+
+    init = ns.AutomaticMaskGenerator.__init__
+    names = list(inspect.signature(ns.AutomaticMaskGenerator).parameters)
+    defaults = dict(zip(names[1:], init.__defaults__, strict=True))
+    defaults.update(points_per_side=24, pred_iou_thresh=0.7, stability_score_thresh=0.9)
+    monkeypatch.setattr(init, "__defaults__", tuple(defaults.values()))
+    tools = SAM2Widget(make_napari_viewer()).objects
+    assert tools.points_per_side.value == 24 and "(24: 576)" in tools.points_per_side.tooltip
+    assert tools.iou_threshold.value == pytest.approx(0.7)
+    assert tools.stability_threshold.value == pytest.approx(0.9)
+
+
 def test_segment_everything_makes_one_object_per_mask(flow, qtbot):
     _, widget = flow
     tools = widget.objects

@@ -18,7 +18,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Labels
 
-from ..engine.automatic import masks_to_labels
+from ..engine.automatic import masks_to_labels, option_defaults
 from ..engine.labels import label_dtype_for
 from ..engine.tiles import resolve_tiles, tile_geometry
 from .history import Step, frame_patch, frames_of, paint_patch
@@ -39,19 +39,22 @@ class ObjectTools:
 
     def __init__(self, widget: SAM2Widget) -> None:
         self.widget = widget
+        defaults = option_defaults()  # the generator's own, written once in its signature
+        side = defaults["points_per_side"]
         self.points_per_side = SpinBox(
             label="clicks per side",
             min=2,
             max=64,
-            value=32,
-            tooltip="Segment everything clicks a grid of this many points per side (32: 1,024)",
+            value=side,
+            tooltip="Segment everything clicks a grid of this many points per side "
+            f"({side}: {side * side:,})",
         )
         self.iou_threshold = FloatSpinBox(
             label="min. quality",
             min=0.0,
             max=1.0,
             step=0.05,
-            value=0.8,
+            value=defaults["pred_iou_thresh"],
             tooltip="Keep masks whose predicted IoU is above this (SAM 2's pred_iou_thresh)",
         )
         self.stability_threshold = FloatSpinBox(
@@ -59,7 +62,7 @@ class ObjectTools:
             min=0.0,
             max=1.0,
             step=0.05,
-            value=0.95,
+            value=defaults["stability_score_thresh"],
             tooltip="Keep masks that change little when the threshold moves (SAM 2's "
             "stability_score_thresh)",
         )
