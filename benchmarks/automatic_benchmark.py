@@ -29,6 +29,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # official.py: builds the reference model
 sys.path.insert(0, str(HERE.parent / "tests" / "parity"))  # the parity test's weight changes
+sys.path.insert(0, str(HERE))
+from speed_benchmark import load  # noqa: E402  (the machine's load average, as it prints it)
 
 
 def discs(h: int, w: int) -> np.ndarray:
@@ -41,13 +43,6 @@ def discs(h: int, w: int) -> np.ndarray:
         radius = rng.integers(min(h, w) // 20, min(h, w) // 6)
         img[(rr - r) ** 2 + (cc - c) ** 2 < radius**2] = rng.integers(0, 256, 3)
     return img
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:
