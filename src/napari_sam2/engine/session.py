@@ -63,10 +63,10 @@ class SessionView:
     @classmethod
     def of(cls, session: PromptSession) -> SessionView:
         tracker = session.tracker
-        objects = dict(tracker._objects)
+        ids = tracker.obj_ids
         return cls(
-            tuple(objects),
-            {i: tuple(sorted(o.prompts)) for i, o in objects.items()},
+            ids,
+            {i: tuple(tracker.prompted_frames(i)) for i in ids},
             {f: frozenset(ids) for f, (_, ids) in session._label_prompts.items() if ids},
         )
 
