@@ -45,8 +45,19 @@ sys.exit(0 if ok else 1)
 PYEOF
     log "torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION already installed"
 else
+    # The CUDA build and its libraries take about 7 GB in the venv, plus the wheels unpacked in the
+    # temporary folder: say so plainly, before pip stops half-way with "No space left on device".
+    need_mb=8000
+    for where in "$VENV" "${TMPDIR:-/tmp}"; do
+        free_mb="$(df -Pm "$where" | awk 'NR == 2 {print $4}')"
+        if [[ -n "$free_mb" && "$free_mb" -lt "$need_mb" ]]; then
+            echo "[setup] ERROR: torch needs about $need_mb MB free where $where lies; $free_mb MB are." \
+                "Free some space there (old clones, pytest's folders in ${TMPDIR:-/tmp}) and run again." >&2
+            exit 1
+        fi
+    done
     log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-    "${PIP[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    "${PIP[@]}" install --no-cache-dir "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
 # --- the package, editable, with test and Qt extras -------------------------------------------
