@@ -112,6 +112,18 @@ def test_cancel_keeps_results_and_a_later_call_continues(mini_model):
         np.testing.assert_allclose(r.logits, reference[r.frame], atol=1e-5)
 
 
+def test_forget_interrupted_makes_the_same_call_start_again_from_its_start(mini_model):
+    tracker = ns.VideoTracker(mini_model, moving_disc(8))
+    tracker.add_prompt(0, 1, points=[(15, 20)], labels=[1])
+    run = tracker.propagate(start=0, stop=7)
+    [next(run) for _ in range(3)]
+    run.close()
+    assert tracker.plan(start=0, stop=7) == [(3, 7, False)]  # continues where it stopped
+    tracker.forget_interrupted()
+    assert tracker.plan(start=0, stop=7) == [(0, 7, False)]
+    assert [r.frame for r in tracker.propagate(start=0, stop=7)] == list(range(8))
+
+
 def test_correction_repropagates_from_the_corrected_frame(mini_model):
     tracker = ns.VideoTracker(mini_model, moving_disc(10))
     tracker.add_prompt(0, 1, points=[(15, 20)], labels=[1])

@@ -95,4 +95,4 @@ def rename_tracked(tracker, old: int, new: int) -> None:
         objects[obj_id] = obj
     tracker._objects.clear()
     tracker._objects.update(objects)
-    tracker._unfinished = None
+    tracker.forget_interrupted()

@@ -398,6 +398,12 @@ class VideoTracker(TrackingPasses):
         call = (direction, start, stop) + (() if chosen is None else (chosen,))
         return self._propagate(call, passes, chosen)
 
+    def forget_interrupted(self) -> None:
+        """Forget the rest of an interrupted propagation: the same call made again plans its
+        passes afresh from its arguments (from ``start``, when given) instead of continuing
+        where the interrupted one stopped."""
+        self._unfinished = None
+
     def plan(
         self, direction: str = "forward", start=None, stop=None, *, obj_ids=None
     ) -> list[tuple[int, int, bool]]:

@@ -32,7 +32,7 @@ class _Run:
         if self.gen is not None:
             self.gen.close()
         # from ``first``, always: not where an interrupted pass of the same call stopped
-        self.tracker._unfinished = None
+        self.tracker.forget_interrupted()
         self.gen = self.tracker.propagate(direction, first, last, obj_ids=obj_ids)
 
 
