@@ -27,8 +27,10 @@ class WindowMasks:
         from .prompts import PromptError
 
         try:
-            tile = tuple(int(v) for v in tile)
-            shape = tuple(int(v) for v in image_shape)
+            whole = [tuple(int(v) for v in tile), tuple(int(v) for v in image_shape)]
+            if [list(tile), list(image_shape)] != [list(t) for t in whole]:
+                raise ValueError("not whole numbers")
+            tile, shape = whole
         except (TypeError, ValueError):
             raise PromptError(
                 f"a WindowMasks tile is (min_row, min_col, max_row, max_col) in whole pixels and "
