@@ -141,7 +141,7 @@ def _pass(x: np.ndarray, x0: int, axis, a: int, b: int, dtype) -> np.ndarray:
     first, size, wts = axis
     k = wts.shape[1]
     n = x.shape[-1]
-    padded = np.zeros((*x.shape[:-1], n + 2 * k), dtype)
+    padded = np.zeros((*x.shape[:-1], n + 2 * k), x.dtype)
     padded[..., k : k + n] = x
     index = np.clip(first[a:b, None] - x0 + k + np.arange(k), 0, n + 2 * k - 1)
     w = wts[a:b].astype(dtype)
