@@ -43,6 +43,7 @@ from .tiles import (
     resolve_tiles,
     tile_geometry,
 )
+from .window_masks import WindowMasks
 
 LOGIT_CLAMP = 32.0  # low-res logits are returned clamped, ready to be fed back as mask_input
 
@@ -73,46 +74,6 @@ class Prediction:
     def best(self) -> int:
         """Index of the mask with the highest predicted IoU."""
         return int(np.argmax(self.scores))
-
-
-class WindowMasks:
-    """(K, H, W) bool masks that are False outside one window, kept as the window's part only.
-
-    ``crop`` is the (K, h, w) part inside ``tile`` (min_row, min_col, max_row, max_col).
-    ``np.asarray(m)`` builds the full (K, H, W) array and ``m[k]`` one full (H, W) mask; on a
-    20000² image each full mask is 400 MB, so prefer ``crop`` and ``tile`` there."""
-
-    dtype = np.dtype(bool)
-    ndim = 3
-
-    def __init__(self, crop: np.ndarray, tile: Window, image_shape: tuple[int, int]) -> None:
-        self.crop = crop
-        self.tile = tuple(int(v) for v in tile)
-        self.shape = (len(crop), int(image_shape[0]), int(image_shape[1]))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _full(self, crop: np.ndarray) -> np.ndarray:
-        r0, c0, r1, c1 = self.tile
-        full = np.zeros((*crop.shape[:-2], *self.shape[1:]), dtype=bool)
-        full[..., r0:r1, c0:c1] = crop
-        return full
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        full = self._full(self.crop)
-        return full if dtype is None else full.astype(dtype)
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return self._full(self.crop[key])
-        return np.asarray(self)[key]
-
-    def sum(self, *args, **kwargs):
-        return np.asarray(self).sum(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"WindowMasks(shape={self.shape}, tile={self.tile})"
 
 
 class ImagePredictor:

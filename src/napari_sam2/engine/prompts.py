@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .window_masks import WindowMasks
+
 # A click on a pixel's outer edge in napari lands up to half a pixel outside the array.
 _EDGE_TOLERANCE = 0.5
 
@@ -94,14 +96,25 @@ def _shorten(values, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray:
-    """A user's mask prompt as an (H, W) bool array, validated.
+def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray | WindowMasks:
+    """A user's mask prompt as an (H, W) bool array, validated; a cropped one (a one-mask
+    :class:`~.window_masks.WindowMasks`: the crop inside its window) as a WindowMasks of its
+    bool crop, never made full-frame.
 
     Accepted: bool; integers holding only 0 and 1; floats in [0, 1], read as probabilities:
     the mask is ``mask >= 0.5`` (so a probability map and its thresholded copy are the same
     prompt). Refused with a :class:`PromptError`: another shape, NaN or inf, integers other
     than 0/1 (a label image: pass ``labels == obj_id``), floats outside [0, 1] (logits: pass
-    ``logits > 0``), and a mask with nothing in it."""
+    ``logits > 0``), and a mask with nothing in it. A cropped mask's values follow the same
+    rules; its shape is the frame's."""
+    if isinstance(mask, WindowMasks):
+        if mask.shape != tuple(shape):
+            raise PromptError(
+                f"a mask prompt must have the frame's shape {tuple(shape)}, got a cropped mask "
+                f"(WindowMasks) of shape {mask.shape}; give it image_shape={tuple(shape)} and "
+                "one (h, w) crop"
+            )
+        return WindowMasks(_mask_values(mask.crop), mask.tile, shape)
     try:
         m = np.asarray(mask)
     except (TypeError, ValueError) as e:
@@ -110,6 +123,12 @@ def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray:
         raise PromptError(
             f"a mask prompt must have the frame's shape {tuple(shape)}, got {m.shape}"
         )
+    return _mask_values(m)
+
+
+def _mask_values(m: np.ndarray) -> np.ndarray:
+    """A mask prompt's values (bool, 0/1 integers or probabilities) as bool, checked by the
+    rules of :func:`mask_prompt`."""
     if m.dtype == np.bool_:
         values = m
     elif np.issubdtype(m.dtype, np.integer):
@@ -127,7 +146,7 @@ def mask_prompt(mask, shape: tuple[int, int]) -> np.ndarray:
                 "the mask prompt contains NaN or infinite values; pass a bool mask "
                 "(e.g. np.nan_to_num(prob) >= 0.5)"
             )
-        lo, hi = float(m.min()), float(m.max())
+        lo, hi = (float(m.min()), float(m.max())) if m.size else (0.0, 0.0)
         if lo < 0 or hi > 1:
             raise PromptError(
                 f"a float mask prompt must hold probabilities in [0, 1] (thresholded at 0.5), "

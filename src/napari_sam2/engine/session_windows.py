@@ -38,6 +38,7 @@ from .results import FrameResult
 from .tiles import Window
 from .video import VideoTracker
 from .window_frames import WindowFrameResult, window_logits
+from .window_masks import WindowMasks
 from .window_tracking import WindowTracker
 from .windowed_prompts import WindowedPrompts
 
@@ -244,10 +245,8 @@ class SessionWindows:
         if window == (0, 0, *wt.frame_shape):  # its prompts span more than a window
             self._fed.pop(key, None)  # the windowed answer is given at the next propagation
             return False
-        r0, c0, r1, c1 = window
         crop = window_logits(low, window)[0] > 0
-        mask = np.zeros(self.tracker.frame_shape, bool)
-        mask[r0:r1, c0:c1] = crop
+        mask = WindowMasks(crop, window, self.tracker.frame_shape)  # never made full-frame
         survives = bool(model_masks([mask], self.tracker.model).any()) or not crop.any()
         if survives:
             self.tracker.add_prompt(frame, obj_id, mask=mask)

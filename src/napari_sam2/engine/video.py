@@ -175,7 +175,10 @@ class VideoTracker(TrackingPasses):
         """Prompt object ``obj_id`` on ``frame`` and return that frame's result at once.
 
         points (N, 2) (row, col) with labels (N,) 1/0; box (min_row, min_col, max_row, max_col);
-        mask (H, W) bool. Clicks add to the object's earlier clicks on the same frame and refine
+        mask (H, W) bool (or 0/1, or probabilities), or cropped: a
+        :class:`~napari_sam2.WindowMasks` ``(crop, (r0, c0, r1, c1), frame_shape)`` holding the
+        mask inside one window, resized from its crop without a full frame (docs/big-images.md).
+        Clicks add to the object's earlier clicks on the same frame and refine
         its current mask there; with ``replace`` they replace the earlier prompt and start from
         the frame's tracked mask (if any), so the result depends only on the prompt given. A box
         or a mask replaces the object's prompt on that frame (a box comes before clicks: give

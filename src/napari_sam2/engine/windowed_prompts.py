@@ -7,6 +7,8 @@ input on a side, :func:`~.tiles.resolve_tiles`), a prompt on such a frame is ans
 that holds it best (``Answer.window``). That mask is what the frame shows, and it becomes the
 object's mask prompt in the tracker there, so that propagation starts from it (at the tracker's
 resolution: a mask too small to survive the resize to the input falls back to the clicks).
+That mask is given cropped (:class:`~.window_masks.WindowMasks`), so a click on a giant slice
+makes nothing frame-sized.
 
 Propagation follows each object in a window too (``session_windows.py``); a prompt that no
 window holds (a box larger than a window) is answered by the tracker; a correction click on a
@@ -27,6 +29,7 @@ from .image import ImagePredictor
 from .results import FrameResult
 from .tiles import Window, check_tile_options, resolve_tiles, tile_geometry
 from .video import VideoTracker
+from .window_masks import WindowMasks
 
 NO_OBJECT_LOGIT = -1024.0  # outside an object's window (as the tracker writes absent objects)
 
@@ -93,8 +96,7 @@ class WindowedPrompts:
         r0, c0, r1, c1 = pred.tile
         masks = pred.masks
         crop = masks.crop[best] if hasattr(masks, "crop") else masks[best][r0:r1, c0:c1]
-        mask = np.zeros(self.tracker.frame_shape, bool)
-        mask[r0:r1, c0:c1] = crop
+        mask = WindowMasks(crop, pred.tile, self.tracker.frame_shape)  # never made full-frame
         survives = bool(model_masks([mask], self.tracker.model).any()) or not crop.any()
         if survives:
             self.tracker.add_prompt(frame, obj_id, mask=mask)
