@@ -72,3 +72,25 @@ def test_no_step_of_a_session_blocks_the_event_loop_on_a_big_lazy_stack(
     print(f"p95 {np.percentile(gaps, 95):.0f} ms over {len(gaps)} ticks")
     assert max(worst.values()) <= MAX_MS, worst  # whole-volume work takes seconds here
     assert np.percentile(gaps, 95) <= P95_MS, worst
+
+
+def test_the_widget_keeps_napari_worker_threads_between_clicks(make_napari_viewer):
+    """A thread new to torch pays 10-45 ms more on its first click; Qt drops idle pool threads
+    after 30 s, shorter than a look at a mask. The widget keeps them for 15 minutes, and leaves
+    a longer setting (never expiring: -1) alone."""
+    from qtpy.QtCore import QThreadPool
+
+    from napari_sam2._qt.feedback import KEEP_THREADS_MS, keep_worker_threads
+    from napari_sam2._qt.widget import SAM2Widget
+
+    pool = QThreadPool.globalInstance()
+    before = pool.expiryTimeout()
+    try:
+        pool.setExpiryTimeout(30_000)  # Qt's default
+        SAM2Widget(make_napari_viewer())
+        assert pool.expiryTimeout() == KEEP_THREADS_MS == 15 * 60 * 1000
+        pool.setExpiryTimeout(-1)
+        keep_worker_threads()
+        assert pool.expiryTimeout() == -1
+    finally:
+        pool.setExpiryTimeout(before)
