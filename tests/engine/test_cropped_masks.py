@@ -264,3 +264,34 @@ def test_a_giant_label_image_is_made_into_prompts_without_a_frame_per_object(mod
     frame_bytes = side * side
     assert traced < frame_bytes / 4, f"numpy allocated {traced / 2**20:.0f} MiB"
     assert growth < frame_bytes / 4, f"RSS grew by {growth / 2**20:.0f} MiB"
+
+
+def test_label_prompts_on_a_giant_slice_reach_the_windows_without_a_sorted_frame(
+    tmp_path, model256
+):
+    """A tiled PromptSession given a 12000² label image as prompts hands them to its window
+    tracker at Propagate (SessionWindows.feed) by the objects' bounding boxes. Before, feed and
+    the check of the label image (prompts.label_ids) each sorted a copy of the whole image to
+    see which objects it holds (np.unique: 275 MiB of numpy allocations for these uint16
+    labels); now one pass over it finds their bounding boxes."""
+    from napari_sam2.engine.session import PromptSession
+
+    side = 12_000
+    path = tmp_path / "giant.npy"
+    frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(2, side, side))
+    frames[:, 5000:5060, 6000:6060] = 200
+    frames.flush()
+    del frames
+    labels = np.zeros((side, side), np.uint16)
+    labels[5000:5060, 6000:6060] = 7
+    session = PromptSession(model256, np.load(path, mmap_mode="r"), tiles=True)
+    session.add_label_prompts(0, labels)
+    windows = session.window_tracking
+    _, growth, traced = peak_growth(windows.feed)
+    wt = windows.window_tracker
+    assert wt is not None and 7 in wt.obj_ids and wt.prompted_frames(7) == [0]
+    r0, c0, r1, c1 = wt._home[7]  # followed in a window, not in the downscaled frame
+    assert (r1 - r0, c1 - c0) == (256, 256)
+    frame_bytes = side * side
+    assert traced < frame_bytes / 4, f"numpy allocated {traced / 2**20:.0f} MiB"
+    assert growth < frame_bytes / 4, f"RSS grew by {growth / 2**20:.0f} MiB"

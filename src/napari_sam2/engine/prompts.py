@@ -166,6 +166,27 @@ def _mask_values(m: np.ndarray) -> np.ndarray:
     return values
 
 
+def present_ids(lab: np.ndarray) -> list[int]:
+    """The ids > 0 of an integer label image, in increasing order: by one pass over the image
+    (its bounding boxes) where ids are below 2**20, never a sorted copy of it (a giant slice's
+    labels are hundreds of MB). :class:`PromptError` for negative values."""
+    from scipy import ndimage
+
+    lo, hi = (int(lab.min()), int(lab.max())) if lab.size else (0, 0)
+    if lo < 0:
+        negative = np.unique(lab[lab < 0])
+        raise PromptError(
+            f"labels hold negative values {negative[:5].tolist()}; object ids are "
+            "positive (0 = background)"
+        )
+    if hi == 0:
+        return []
+    if hi <= 1 << 20:
+        boxes = ndimage.find_objects(lab, max_label=hi)
+        return [i + 1 for i, box in enumerate(boxes) if box is not None]
+    return [int(v) for v in np.unique(lab) if v > 0]
+
+
 def label_ids(
     labels, shape: tuple[int, int], obj_ids=None, allow_absent: bool = False
 ) -> tuple[np.ndarray, list[int]]:
@@ -189,13 +210,7 @@ def label_ids(
             "a float label image can be converted with labels.astype(np.int64) if its values "
             "are whole numbers"
         )
-    present = np.unique(lab)
-    if len(present) and present[0] < 0:
-        raise PromptError(
-            f"labels hold negative values {present[present < 0][:5].tolist()}; object ids are "
-            "positive (0 = background)"
-        )
-    present = [int(v) for v in present if v > 0]
+    present = present_ids(lab)
     if obj_ids is None:
         if not present:
             raise PromptError("the labels are empty: no pixel holds an object id > 0")

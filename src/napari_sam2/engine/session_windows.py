@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 
 from .frame_prompts import model_masks
@@ -37,7 +36,7 @@ from .prompts import PromptError
 from .results import FrameResult
 from .tiles import Window
 from .video import VideoTracker
-from .window_frames import WindowFrameResult, window_logits
+from .window_frames import WindowFrameResult, label_parts, window_logits
 from .window_masks import WindowMasks
 from .window_tracking import WindowTracker
 from .windowed_prompts import WindowedPrompts
@@ -165,7 +164,7 @@ class SessionWindows:
                 self._fed[(frame, obj_id)] = key
             for (frame, _), obj_ids in masks.items():
                 labels = wanted[(frame, obj_ids[0])][1]
-                present = set(np.unique(labels).tolist())
+                present = label_parts(labels, obj_ids)  # one pass, no sorted copy of a frame
                 here = [o for o in obj_ids if o in present]
                 try:
                     done = wt.add_labels(frame, labels, here) if here else None
