@@ -166,6 +166,11 @@ def _mask_values(m: np.ndarray) -> np.ndarray:
     return values
 
 
+# Label images whose ids stay below this are read by scipy's find_objects (a bounding box per
+# id up to the largest, in one pass); above it, per id or by sorting.
+FIND_OBJECTS_MAX_ID = 1 << 20
+
+
 def present_ids(lab: np.ndarray) -> list[int]:
     """The ids > 0 of an integer label image, in increasing order: by one pass over the image
     (its bounding boxes) where ids are below 2**20, never a sorted copy of it (a giant slice's
@@ -181,7 +186,7 @@ def present_ids(lab: np.ndarray) -> list[int]:
         )
     if hi == 0:
         return []
-    if hi <= 1 << 20:
+    if hi <= FIND_OBJECTS_MAX_ID:
         boxes = ndimage.find_objects(lab, max_label=hi)
         return [i + 1 for i, box in enumerate(boxes) if box is not None]
     return [int(v) for v in np.unique(lab) if v > 0]

@@ -16,8 +16,10 @@ from ..model.sam2 import NO_OBJECT_LOGIT
 from .frames import sample_stack_window
 from .memory_bank import FrameRecord, SpillingStore
 from .preprocess import IntensityWindow, select_channels
+from .prompts import FIND_OBJECTS_MAX_ID
 from .results import FrameResult
 from .tiles import TileGrid, TilesError, Window, check_tile_options, tile_geometry
+from .window_masks import mask_bounds, mask_rows
 
 # The default margin as a fraction of the tile: an object is placed at least tile / 8 from a
 # window's cut sides, and the window re-centres when its mask comes closer than half of that.
@@ -253,14 +255,14 @@ def prompt_extent(points, box, mask_part) -> tuple[list[float], list[float]]:
     return rows, cols
 
 
-def bounding_part(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
-    """An (H, W) bool mask as (top, left, its bounding crop), so prompts keep no full frames."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
+def bounding_part(mask) -> tuple[int, int, np.ndarray]:
+    """An (H, W) bool mask (an array, or a one-mask :class:`~.window_masks.WindowMasks` read
+    from its crop) as (top, left, its bounding crop), so prompts keep no full frames."""
+    bounds = mask_bounds(mask)
+    if bounds is None:
         return 0, 0, np.zeros((0, 0), bool)
-    top, left = int(rows[0]), int(cols[0])
-    return top, left, mask[top : rows[-1] + 1, left : cols[-1] + 1].copy()
+    top, left, bottom, right = bounds
+    return top, left, np.array(mask_rows(mask, top, bottom, left, right))
 
 
 def label_parts(labels: np.ndarray, ids) -> dict[int, tuple[int, int, np.ndarray]]:
@@ -271,7 +273,7 @@ def label_parts(labels: np.ndarray, ids) -> dict[int, tuple[int, int, np.ndarray
     parts = {}
     if not wanted:
         return parts
-    if max(wanted) <= 1 << 20:
+    if max(wanted) <= FIND_OBJECTS_MAX_ID:
         boxes = ndimage.find_objects(labels, max_label=max(wanted))
         for i in wanted:
             sl = boxes[i - 1]

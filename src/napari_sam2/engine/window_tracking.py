@@ -53,7 +53,6 @@ from .window_frames import (
     shift_prompt,
     stack_window,
 )
-from .window_masks import WindowMasks
 from .window_passes import WindowPasses
 
 
@@ -212,13 +211,7 @@ class WindowTracker(WindowPasses):
             if points is not None or box is not None:
                 raise PromptError("give either a mask or points/box in one add_prompt call")
             try:
-                m = mask_prompt(mask, shape)
-                if isinstance(m, WindowMasks):  # cropped: its part, never the full frame
-                    top, left, crop = bounding_part(m.crop)
-                    part = (top + m.tile[0], left + m.tile[1], crop)
-                else:
-                    part = bounding_part(m)
-                entry = _Entry(frame, mask_part=part)
+                entry = _Entry(frame, mask_part=bounding_part(mask_prompt(mask, shape)))
             except PromptError as e:
                 raise PromptError(f"object {obj_id}, frame {frame}: {e}") from None
         else:
