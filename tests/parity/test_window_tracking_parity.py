@@ -38,6 +38,18 @@ def blobs(t: int) -> np.ndarray:
     return img
 
 
+BIG, BIG_T = 2048, 4  # the issue's 2048² movie
+
+
+def big_blob(t: int) -> np.ndarray:
+    """A 2048² frame of noise with one nucleus-sized blob drifting near (1500, 610)."""
+    rng = np.random.default_rng(100 + t)
+    img = rng.integers(0, 60, (BIG, BIG, 3)).astype(np.uint8)
+    rr, cc = np.ogrid[:BIG, :BIG]
+    img[(rr - 1500 - 3 * t) ** 2 + (cc - 610 + 2 * t) ** 2 < 12**2] += 150
+    return img
+
+
 @pytest.fixture(scope="module")
 def model_pair():
     official = build_official(
@@ -56,15 +68,15 @@ def model_pair():
     return official, ours.eval()
 
 
-def movie_for(windows, folder):
-    """Full frames whose pixels inside each window are the decoded JPEG crops that the
-    official predictor reads (one folder per window)."""
-    frames = np.stack([blobs(t) for t in range(T)])
+def movie_for(windows, folder, frames=None):
+    """Full frames (default: the blobs movie) whose pixels inside each window are the decoded
+    JPEG crops that the official predictor reads (one folder per window)."""
+    frames = np.stack([blobs(t) for t in range(T)]) if frames is None else frames
     folders = {}
     for k, (r0, c0, r1, c1) in enumerate(windows):
         sub = folder / f"window{k}"
         sub.mkdir()
-        for t in range(T):
+        for t in range(len(frames)):
             path = sub / f"{t:05d}.jpg"
             Image.fromarray(frames[t, r0:r1, c0:c1]).save(path, quality=95)
             frames[t, r0:r1, c0:c1] = np.array(Image.open(path).convert("RGB"))
@@ -72,8 +84,8 @@ def movie_for(windows, folder):
     return frames, folders
 
 
-def place(rows, cols):
-    return WindowPlacer((H, W), IMAGE_SIZE, 0).window_for(rows, cols)
+def place(rows, cols, shape=(H, W)):
+    return WindowPlacer(shape, IMAGE_SIZE, 0).window_for(rows, cols)
 
 
 def shifted_xy(points, window):
@@ -165,5 +177,33 @@ def test_a_box_tracked_both_ways_from_a_middle_frame_matches_official(model_pair
     assert [r.frame for r in ours] == [t[0] for t in theirs] == [*range(3, T), *range(3, -1, -1)]
     for a, b in zip(theirs, ours, strict=True):
         check(a, b, [1], window)
+    assert check.present >= check.frames // 2
+    tracker.close()
+
+
+def test_an_object_in_a_2048_squared_movie_matches_official_on_its_window(model_pair, tmp_path):
+    """The issue's case: one object in a 2048² movie (eight tiles on a side at this input),
+    followed in its native-resolution window, equals Meta's predictor on the cropped movie."""
+    official, model = model_pair
+    click = [(1500, 610)]
+    window = place([1500], [610], (BIG, BIG))
+    assert window[2] - window[0] == window[3] - window[1] == IMAGE_SIZE
+    assert 0 < window[0] and window[3] < BIG  # cut inside the frame on both axes
+    frames, folders = movie_for([window], tmp_path, np.stack([big_blob(t) for t in range(BIG_T)]))
+    tracker = WindowTracker(model, frames, margin=0)
+    check = Check()
+    with torch.inference_mode():
+        state = official.init_state(folders[window])
+        theirs = official.add_new_points_or_box(
+            state, 0, 1, points=shifted_xy(click, window), labels=np.array([1], np.int32)
+        )
+        check(theirs, tracker.add_prompt(0, 1, points=click, labels=[1]), [1], window)
+        theirs = list(official.propagate_in_video(state))
+        ours = list(tracker.propagate("forward"))
+    assert [r.frame for r in ours] == [t[0] for t in theirs] == list(range(BIG_T))
+    for a, b in zip(theirs, ours, strict=True):
+        check(a, b, [1], window)
+    assert ours[0].shape == (BIG, BIG)
+    assert tracker.windows == {1: window} and tracker.recentrings == {1: 0}
     assert check.present >= check.frames // 2
     tracker.close()
