@@ -5,14 +5,17 @@ and seconds per tracked frame of a movie of such images, each object in its wind
 
     .venv/bin/python benchmarks/tiles_benchmark.py [--size 4096] [--image-size 1024]
         [--points-per-side 32] [--model sam2.1_hiera_tiny] [--halo N]
-        [--frames 8] [--objects 4] [--only-tracking]
+        [--frames 8] [--objects 4] [--only-tracking] [--filters]
 
 Random weights (no download): the figures are times and memory, not segmentation quality. The
 image is a synthetic field of small bright discs on noise (uint16). Peak memory is traced
 numpy/Python memory (tracemalloc), which the model's own tensors are not part of. Runs by hand,
 not in the tests; the reduced runs in docs/big-images.md are
 ``--size 1024 --image-size 256 --points-per-side 16`` and, for tracking,
-``--size 1024 --image-size 256 --frames 8 --objects 4 --only-tracking``.
+``--size 1024 --image-size 256 --frames 8 --objects 4 --only-tracking``. Segment everything
+keeps every mask (thresholds 0) unless ``--filters`` (the generator's default thresholds): on
+a 4096² image random weights give masks as large as the image, and keeping all of them
+untiled would hold gigabytes of records.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8, help="frames of the tracked movie")
     ap.add_argument("--objects", type=int, default=4, help="objects tracked")
     ap.add_argument("--only-tracking", action="store_true")
+    ap.add_argument("--filters", action="store_true", help="default IoU/stability thresholds")
     args = ap.parse_args()
 
     from official import randomize_
@@ -90,13 +94,9 @@ def main() -> None:
     )
 
     for tiles in (False, True):
+        keep_all = {} if args.filters else dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
         gen = ns.AutomaticMaskGenerator(
-            model,
-            points_per_side=args.points_per_side,
-            pred_iou_thresh=0.0,
-            stability_score_thresh=0.0,
-            tiles=tiles,
-            halo=args.halo,
+            model, points_per_side=args.points_per_side, tiles=tiles, halo=args.halo, **keep_all
         )
         tracemalloc.start()
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Track every cell of the synthetic 16-bit time-lapse from one click each on the first frame.
 
     python examples/track_timelapse.py --checkpoint sam2.1_hiera_tiny.pt [--output labels.tif]
-        [--model sam2.1_hiera_tiny] [--device cpu] [--frames N]
+        [--model sam2.1_hiera_tiny] [--device cpu] [--frames N] [--image-size N]
 
 Clicks are placed on the brightest spot of each cell (found by thresholding frame 0); all cells
 are tracked together through the time-lapse and written as a (T, H, W) label TIFF, one label
@@ -38,12 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="labels.tif", help="label TIFF to write")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best found)")
     parser.add_argument("--frames", type=int, default=None, help="track only the first N frames")
+    parser.add_argument(
+        "--image-size", type=int, default=1024, help="the model's input, a multiple of 64"
+    )
     args = parser.parse_args(argv)
 
     movie = synthetic_cells()  # (T, H, W) uint16
     if args.frames:
         movie = movie[: args.frames]
-    model = ns.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = ns.load_model(
+        args.model, checkpoint=args.checkpoint, device=args.device, image_size=args.image_size
+    )
     tracker = ns.VideoTracker(model, movie)
     clicks = cell_clicks(movie[0])
     for obj_id, point in enumerate(clicks, start=1):

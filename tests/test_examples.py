@@ -36,7 +36,7 @@ def test_segment_image_example(tiny_checkpoint, tmp_path, monkeypatch, capsys):
 def test_track_timelapse_example(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "labels.tif"
     args = ["--checkpoint", tiny_checkpoint, "--output", out, "--device", "cpu", "--frames", 3]
-    run_example("track_timelapse.py", args, monkeypatch)
+    run_example("track_timelapse.py", [*args, "--image-size", 256], monkeypatch)
     labels = tifffile.imread(out)
     assert labels.shape == (3, 192, 256) and labels.dtype == np.uint16
     printed = capsys.readouterr().out
