@@ -39,6 +39,9 @@ def _resolve_values(chunks, shape) -> tuple[np.ndarray, np.ndarray]:
     return winner, best
 
 
+STRIP_PIXELS = 1 << 22  # label frames are composed this many pixels at a time
+
+
 def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
     """The (H, W) label frame after writing ``result`` over ``current``: pixels of the result's
     ids and background take the new labels; pixels of any other label keep theirs."""
@@ -46,20 +49,75 @@ def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
         raise ValueError(
             f"frame {result.frame}: labels are {current.shape}, results {result.shape}"
         )
-    return compose_resolved(current, result.obj_ids, result_labels(result, current.dtype))
+    new = result_labels(result, current.dtype)
+    return compose_resolved(current, result.obj_ids, new, out=new)
 
 
 def result_labels(result: FrameResult, dtype) -> np.ndarray:
     """The (H, W) labels of ``result`` alone (the highest logit wins, above 0): the costly part
-    of :func:`compose_labels`, which a worker can do ahead (:func:`compose_resolved`)."""
-    return _labels_of(result, dtype)[0]
+    of :func:`compose_labels`, which a worker can do ahead (:func:`compose_resolved`). Objects
+    confined to windows (:meth:`FrameResult.object_windows`) are resolved window by window."""
+    windows = result.object_windows()
+    if all(w == (0, 0, *result.shape) for w in windows):
+        return _labels_of(result, dtype)[0]
+    return _labels_in_windows(result, windows, dtype)
 
 
-def compose_resolved(current: np.ndarray, obj_ids, new: np.ndarray) -> np.ndarray:
+def compose_resolved(current: np.ndarray, obj_ids, new: np.ndarray, out=None) -> np.ndarray:
     """:func:`compose_labels` from the result's own labels ``new`` (:func:`result_labels`):
-    pixels of ``obj_ids`` and background take ``new``; other labels keep theirs."""
-    owned = (current == 0) | np.isin(current, np.asarray(obj_ids, dtype=current.dtype))
-    return np.where(owned, new, current)
+    pixels of ``obj_ids`` and background take ``new``; other labels keep theirs. Composed in
+    strips of rows (no frame-sized temporaries); into ``out`` when given (it may be ``new``)."""
+    ids = np.asarray(obj_ids, dtype=current.dtype)
+    out = np.empty_like(current) if out is None else out
+    rows = max(1, STRIP_PIXELS // max(1, current.shape[-1]))
+    for a in range(0, current.shape[0], rows):
+        cur = current[a : a + rows]
+        owned = (cur == 0) | np.isin(cur, ids)
+        out[a : a + rows] = np.where(owned, new[a : a + rows], cur)
+    return out
+
+
+def _labels_in_windows(result: FrameResult, windows, dtype) -> np.ndarray:
+    """:func:`result_labels` of a result whose objects are -1024 outside their windows: the
+    frame is cut along every window's edges into cells, each resolved over the objects whose
+    windows cover it (in the result's order, so that ties go to the first as in
+    :func:`resolve_overlaps`: an object outside its window, at -1024, never shows). Holds the
+    labels and the window logits of the objects crossing one band of rows, never (N, H, W)
+    floats. The labels are the same, bit for bit, as resolving every object on the frame."""
+    labels = np.zeros(result.shape, dtype=dtype)
+    live = [
+        i
+        for i, (r0, c0, r1, c1) in enumerate(windows)
+        if r1 > r0 and c1 > c0 and result.may_show(i)
+    ]
+    if not live:
+        return labels
+    ids = np.asarray(result.obj_ids, dtype=dtype)
+    row_edges = sorted({e for i in live for e in (windows[i][0], windows[i][2])})
+    col_edges = sorted({e for i in live for e in (windows[i][1], windows[i][3])})
+    held: dict[int, np.ndarray] = {}  # object index -> its logits inside its window
+    for a, b in zip(row_edges, row_edges[1:]):
+        band = [i for i in live if windows[i][0] <= a and b <= windows[i][2]]
+        for i in [i for i in held if windows[i][2] <= a]:  # windows above this band
+            del held[i]
+        for c, d in zip(col_edges, col_edges[1:]):
+            cover = [i for i in band if windows[i][1] <= c and d <= windows[i][3]]
+            if not cover:
+                continue
+            parts = []
+            for i in cover:
+                if i not in held:
+                    held[i] = result.logits_in_window(i)
+                r0, c0 = windows[i][:2]
+                parts.append(held[i][a - r0 : b - r0, c - c0 : d - c0])
+            if len(parts) == 1:
+                labels[a:b, c:d] = np.where(parts[0] > 0, ids[cover[0]], 0)
+                continue
+            stack = np.stack(parts)
+            winner = np.argmax(stack, axis=0)
+            value = np.take_along_axis(stack, winner[None], axis=0)[0]
+            labels[a:b, c:d] = np.where(value > 0, ids[np.asarray(cover)][winner], 0)
+    return labels
 
 
 def resolve_frame(result: FrameResult, dtype) -> tuple[np.ndarray, np.ndarray]:

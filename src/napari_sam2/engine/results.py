@@ -55,6 +55,30 @@ class FrameResult:
             else:
                 yield start, self._upscale(self._low_res[start : start + size])
 
+    # ------------------------------------------------------- objects confined to windows
+    # Results whose objects come from windows (tracking or prompting big frames in windows)
+    # override these three, so that labels are written window by window (labels.py) instead
+    # of from (N, H, W) full-frame logits.
+
+    def object_windows(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Per object, the box (min_row, min_col, max_row, max_col) outside which its logits
+        are -1024: the whole frame here."""
+        return ((0, 0, *self.shape),) * len(self.obj_ids)
+
+    def logits_in_window(self, index: int) -> np.ndarray:
+        """Object ``index``'s (h, w) float32 logits inside its :meth:`object_windows` box,
+        the same values as ``logits[index]`` there."""
+        if self._logits is not None:
+            return self._logits[index]
+        return self._upscale(self._low_res[index : index + 1])[0]
+
+    def may_show(self, index: int) -> bool:
+        """False when object ``index`` is nowhere above 0 (known from its low-resolution
+        logits: bilinear upsampling takes convex combinations); True when it may be."""
+        if self._low_res is None:
+            return True
+        return bool(self._low_res[index].max() > 0)
+
     def without(self, obj_ids) -> FrameResult:
         """The same result without the objects ``obj_ids`` (e.g. objects whose labels on this
         frame must stay as the user painted them)."""

@@ -192,15 +192,28 @@ class WindowFrameResult(FrameResult):
 
     def without(self, obj_ids) -> WindowFrameResult:
         drop = set(obj_ids)
-        keep = [i for i, o in enumerate(self.obj_ids) if o not in drop]
+        return self.select([i for i, o in enumerate(self.obj_ids) if o not in drop])
+
+    def select(self, keep) -> WindowFrameResult:
+        keep = list(keep)
+        ids = [self.obj_ids[i] for i in keep]
         return WindowFrameResult(
             self.frame,
-            [self.obj_ids[i] for i in keep],
+            ids,
             self._low_res[keep],
             self.shape,
             [self.windows[i] for i in keep],
-            {o: n for o, n in self.recentred.items() if o not in drop},
+            {o: n for o, n in self.recentred.items() if o in ids},
         )
+
+    def object_windows(self) -> tuple[Window, ...]:
+        return self.windows
+
+    def logits_in_window(self, index: int) -> np.ndarray:
+        if self._logits is not None:
+            r0, c0, r1, c1 = self.windows[index]
+            return self._logits[index, r0:r1, c0:c1]
+        return window_logits(self._low_res[index : index + 1], self.windows[index])[0]
 
     def _paste(self, start: int, stop: int) -> np.ndarray:
         out = np.full((stop - start, *self.shape), NO_OBJECT_LOGIT, dtype=np.float32)

@@ -185,14 +185,35 @@ class WindowedResult(FrameResult):
             yield start, block
 
     def _full(self, answer: Answer) -> np.ndarray:
-        """The object's logits on the frame: the window's, signed as its mask (the returned
-        logits are clamped, so their upsampling may disagree with the mask at the edge)."""
+        """The object's logits on the frame: the window's (:meth:`_inside`), -1024 outside."""
         r0, c0, r1, c1 = answer.window
         full = np.full(self.shape, NO_OBJECT_LOGIT, np.float32)
+        full[r0:r1, c0:c1] = self._inside(answer)
+        return full
+
+    @staticmethod
+    def _inside(answer: Answer) -> np.ndarray:
+        """The object's logits inside its window, signed as its mask (the returned logits are
+        clamped, so their upsampling may disagree with the mask at the edge)."""
+        r0, c0, r1, c1 = answer.window
         up = F.interpolate(answer.low_res, (r1 - r0, c1 - c0), mode="bilinear", align_corners=False)
         up = up[0, 0].numpy()
-        full[r0:r1, c0:c1] = np.where(answer.crop, np.maximum(up, 1e-3), np.minimum(up, -1e-3))
-        return full
+        return np.where(answer.crop, np.maximum(up, 1e-3), np.minimum(up, -1e-3))
+
+    def object_windows(self) -> tuple[Window, ...]:
+        base = self._base.object_windows()
+        return tuple(
+            self._native[o].window if o in self._native else base[i]
+            for i, o in enumerate(self.obj_ids)
+        )
+
+    def logits_in_window(self, index: int) -> np.ndarray:
+        answer = self._native.get(self.obj_ids[index])
+        return self._base.logits_in_window(index) if answer is None else self._inside(answer)
+
+    def may_show(self, index: int) -> bool:
+        answer = self._native.get(self.obj_ids[index])
+        return self._base.may_show(index) if answer is None else bool(answer.crop.any())
 
     def without(self, obj_ids) -> FrameResult:
         drop = set(obj_ids)
