@@ -95,15 +95,18 @@ def _labels_in_windows(result: FrameResult, windows, dtype) -> np.ndarray:
     ids = np.asarray(result.obj_ids, dtype=dtype)
     row_edges = sorted({e for i in live for e in (windows[i][0], windows[i][2])})
     col_edges = sorted({e for i in live for e in (windows[i][1], windows[i][3])})
+    col_index = {e: j for j, e in enumerate(col_edges)}
     held: dict[int, np.ndarray] = {}  # object index -> its logits inside its window
     for a, b in zip(row_edges, row_edges[1:]):
-        band = [i for i in live if windows[i][0] <= a and b <= windows[i][2]]
         for i in [i for i in held if windows[i][2] <= a]:  # windows above this band
             del held[i]
-        for c, d in zip(col_edges, col_edges[1:]):
-            cover = [i for i in band if windows[i][1] <= c and d <= windows[i][3]]
-            if not cover:
-                continue
+        covers: dict[int, list[int]] = {}  # cell (by its first column edge) -> objects
+        for i in live:  # in the result's order
+            if windows[i][0] <= a and b <= windows[i][2]:
+                for j in range(col_index[windows[i][1]], col_index[windows[i][3]]):
+                    covers.setdefault(j, []).append(i)
+        for j, cover in covers.items():
+            c, d = col_edges[j], col_edges[j + 1]
             parts = []
             for i in cover:
                 if i not in held:
