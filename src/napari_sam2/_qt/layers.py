@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from ..engine.labels import STRIP_PIXELS, compose_labels, compose_resolved
+from ..engine.labels import compose_labels, compose_resolved, row_strips
 from ..engine.session import BoxRow, PointRow
 from ..engine.stack import StackGeometry
 from ..engine.video import FrameResult
@@ -90,18 +90,11 @@ def write_changes(labels: Labels, geometry: StackGeometry, result: FrameResult, 
     return new, box, before
 
 
-def _strips(frame: np.ndarray):
-    """Row ranges of an (H, W) slice, about :data:`STRIP_PIXELS` pixels each: work on a giant
-    slice holds one strip's temporaries, not the slice's."""
-    rows = max(1, STRIP_PIXELS // max(1, frame.shape[-1]))
-    return [(a, min(a + rows, frame.shape[0])) for a in range(0, frame.shape[0], rows)]
-
-
 def changed_box(old: np.ndarray, new: np.ndarray) -> tuple[slice, slice] | None:
     """The bounding box (rows, cols) of the pixels where two (H, W) slices differ; None when
     they are equal."""
     changed_rows, changed_cols = [], np.zeros(old.shape[-1], bool)
-    for a, b in _strips(old):
+    for a, b in row_strips(old):
         diff = old[a:b] != new[a:b]
         changed_rows.append(diff.any(axis=1))
         changed_cols |= diff.any(axis=0)
@@ -116,11 +109,11 @@ def label_ids(frame: np.ndarray) -> set[int]:
     small: several times faster than sorting a slice), a strip at a time."""
     if frame.dtype.kind == "u" and frame.dtype.itemsize <= 2:
         counts = np.zeros(np.iinfo(frame.dtype).max + 1, np.int64)
-        for a, b in _strips(frame):
+        for a, b in row_strips(frame):
             strip = np.bincount(frame[a:b].ravel())
             counts[: strip.size] += strip
         return set(np.flatnonzero(counts).tolist()) - {0}
-    return set().union(*(np.unique(frame[a:b]).tolist() for a, b in _strips(frame))) - {0}
+    return set().union(*(np.unique(frame[a:b]).tolist() for a, b in row_strips(frame))) - {0}
 
 
 def outside_points(points: Points, image: Image, geometry: StackGeometry) -> list[int]:

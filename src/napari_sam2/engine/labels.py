@@ -42,6 +42,13 @@ def _resolve_values(chunks, shape) -> tuple[np.ndarray, np.ndarray]:
 STRIP_PIXELS = 1 << 22  # label frames are composed this many pixels at a time
 
 
+def row_strips(frame: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges (start, stop) of an (H, W) frame, about :data:`STRIP_PIXELS` pixels each:
+    work on a giant frame holds one strip's temporaries, not the frame's."""
+    rows = max(1, STRIP_PIXELS // max(1, frame.shape[-1]))
+    return [(a, min(a + rows, frame.shape[0])) for a in range(0, frame.shape[0], rows)]
+
+
 def compose_labels(current: np.ndarray, result: FrameResult) -> np.ndarray:
     """The (H, W) label frame after writing ``result`` over ``current``: pixels of the result's
     ids and background take the new labels; pixels of any other label keep theirs."""
@@ -69,11 +76,10 @@ def compose_resolved(current: np.ndarray, obj_ids, new: np.ndarray, out=None) ->
     strips of rows (no frame-sized temporaries); into ``out`` when given (it may be ``new``)."""
     ids = np.asarray(obj_ids, dtype=current.dtype)
     out = np.empty_like(current) if out is None else out
-    rows = max(1, STRIP_PIXELS // max(1, current.shape[-1]))
-    for a in range(0, current.shape[0], rows):
-        cur = current[a : a + rows]
+    for a, b in row_strips(current):
+        cur = current[a:b]
         owned = (cur == 0) | np.isin(cur, ids)
-        out[a : a + rows] = np.where(owned, new[a : a + rows], cur)
+        out[a:b] = np.where(owned, new[a:b], cur)
     return out
 
 
