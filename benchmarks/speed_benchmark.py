@@ -7,9 +7,12 @@ pass and a re-propagation after a correction, exact fp32 — and the machine's f
         [--precisions fp32 bf16] [--both] [--skip-official]
 
 Objects are clicked on frame 0 of the synthetic clip of track_benchmark.py and tracked forward
-through the clip (first pass, seconds per frame); then a negative click on frame N/2 and the
-propagation again from there (re-propagation: the official predictor encodes every frame again,
-ours reads the embeddings it kept). Each repetition builds a fresh official predictor and a
+through the clip (first pass, seconds per frame); then a negative click on frame N/2 for object 1
+and the propagation again from there (re-propagation: the official predictor encodes every frame
+again and tracks every object again; ours reads the embeddings it kept and keeps the records of
+the objects not corrected, whose memories did not change). With several objects, a negative
+click for every object on frame N/2 and the propagation again ("every object corrected": all of
+them tracked again on both sides). Each repetition builds a fresh official predictor and a
 fresh tracker and runs them one after the other (official, ours, official, ours, ...), so that a
 machine shared with other work loads both alike; the ratios official / ours ("x faster") are
 of the medians of the repetitions (of wall time, and of the process's CPU time, which a shared
@@ -35,7 +38,11 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # official.py: builds the refere
 sys.path.insert(0, str(HERE))
 from track_benchmark import NpyFrames, make_clip, official_predictor  # noqa: E402
 
-PHASES = ("first pass", "re-propagation")
+PHASES = ("first pass", "re-propagation", "every object corrected")
+
+
+def phases(objects: int) -> tuple[str, ...]:
+    return PHASES if objects > 1 else PHASES[:2]
 
 
 CPU = {}  # phase -> CPU seconds of the last timed() call (all threads of this process)
@@ -73,6 +80,15 @@ def official_run(folder: Path, n: int, h: int, w: int, objects: int, args) -> di
     )  # fmt: skip
     frames, seconds = timed(model.propagate_in_video(state, start_frame_idx=mid), "re-propagation")
     out["re-propagation"] = seconds / frames
+    if objects > 1:
+        for k in range(objects):
+            model.add_new_points_or_box(
+                state, mid, k + 1, points=np.array([[5, 9]], np.float32), labels=np.array([0]),
+                clear_old_points=False,
+            )  # fmt: skip
+        phase = PHASES[2]
+        frames, seconds = timed(model.propagate_in_video(state, start_frame_idx=mid), phase)
+        out[phase] = seconds / frames
     return out | {f"{k} cpu": v for k, v in CPU.items()}
 
 
@@ -101,6 +117,11 @@ def our_run(
     tracker.add_prompt(mid, 1, points=[(5, 5)], labels=[0])
     count, seconds = timed(tracker.propagate(start=mid), "re-propagation")
     out["re-propagation"] = seconds / count
+    if objects > 1:
+        for k in range(objects):
+            tracker.add_prompt(mid, k + 1, points=[(9, 5)], labels=[0])
+        count, seconds = timed(tracker.propagate(start=mid), PHASES[2])
+        out[PHASES[2]] = seconds / count
     out["object batch"] = tracker.object_batch  # the tracker's own choice where none is given
     tracker.close()
     return out | {f"{k} cpu": v for k, v in CPU.items()}
@@ -235,7 +256,8 @@ def main() -> None:
                             runs.setdefault(name, []).append(
                                 our_run(model, folder, n, h, w, objects, batch)
                             )
-                keys = [*PHASES, *(f"{k} cpu" for k in PHASES)]
+                cases = phases(objects)
+                keys = [*cases, *(f"{k} cpu" for k in cases)]
                 med = {
                     name: {k: statistics.median(r[k] for r in rs) for k in keys}
                     for name, rs in runs.items()
@@ -243,13 +265,13 @@ def main() -> None:
                 print(f"\n{n} frames of {h}x{w}, {objects} object(s), median of {args.repeats}: "
                       f"seconds per frame (load average now {load()})")  # fmt: skip
                 for name, m in med.items():
-                    cells = ", ".join(f"{k} {m[k]:.3f}" for k in PHASES)
+                    cells = ", ".join(f"{k} {m[k]:.3f}" for k in cases)
                     ratio = ""
                     if "official" in med and name != "official":
                         ratio = "   official / ours: " + ", ".join(
                             f"{k} {med['official'][k] / m[k]:.2f}x "
                             f"(CPU time {med['official'][k + ' cpu'] / m[k + ' cpu']:.2f}x)"
-                            for k in PHASES
+                            for k in cases
                         )
                     batch = runs[name][0].get("object batch")
                     if batch is not None and "batch" not in name:

@@ -2,7 +2,11 @@
 
 Per object and frame, tracking produces a :class:`FrameRecord`: the low-resolution mask logits
 (the result, and the prompt a later correction on that frame starts from), the object pointer,
-the object score, and the mask memory (bfloat16, as the official predictor stores it).
+the object score, and the mask memory (bfloat16, as the official predictor stores it). A
+tracked record also says what it was computed from (``inputs``: the serial numbers of the
+records it attended to, in their slots, and the model's state), so that a propagation passing
+the frame again with the same inputs keeps it instead of computing it again (see
+:func:`~.conditioning.MemoryPlan.inputs`).
 
 - Conditioning frames (frames with a prompt) stay in RAM: every later frame attends to them.
 - Tracked frames without a prompt live in a :class:`SpillingStore`: the most recent ones (what
@@ -14,6 +18,7 @@ the object score, and the mask memory (bfloat16, as the official predictor store
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import weakref
@@ -22,6 +27,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+_SERIALS = itertools.count(1)
+
+
+def _serial() -> int:
+    return next(_SERIALS)
 
 
 @dataclass(frozen=True)
@@ -50,19 +61,30 @@ class FrameRecord:
     pointer: torch.Tensor  # (1, C) float32 object pointer
     score: torch.Tensor  # (1, 1) object-score logit (> 0: the object is present)
     memory: torch.Tensor | None = None  # (1, mem_dim, E, E) bfloat16; None until encoded
+    # What a tracked record was computed from (MemoryPlan.inputs); None for a prompt's record.
+    inputs: tuple | None = None
+    # Unique in the process, kept through spilling: what a later record's ``inputs`` name.
+    serial: int = field(default_factory=_serial)
 
     def with_memory(self, memory: torch.Tensor) -> FrameRecord:
-        return replace(self, memory=memory.to(torch.bfloat16))
+        return replace(self, memory=memory.to(torch.bfloat16), serial=_serial())
 
-    def select(self, i: int) -> FrameRecord:
-        """Row ``i`` of a batched record, as a record of one object, in tensors of its own: a
-        view would keep the whole batch alive in RAM, and ``torch.save`` would write the whole
-        batch's storage into every spilled record."""
+    def select(self, i: int, inputs: tuple | None = None) -> FrameRecord:
+        """Row ``i`` of a batched record, as a record of one object (computed from ``inputs``),
+        in tensors of its own: a view would keep the whole batch alive in RAM, and
+        ``torch.save`` would write the whole batch's storage into every spilled record."""
         s = slice(i, i + 1)
         memory = None if self.memory is None else self.memory[s].clone()
         return FrameRecord(
-            self.low_res[s].clone(), self.pointer[s].clone(), self.score[s].clone(), memory
+            self.low_res[s].clone(),
+            self.pointer[s].clone(),
+            self.score[s].clone(),
+            memory,
+            inputs,
         )
+
+
+_SAVED = ("low_res", "pointer", "score", "memory", "inputs", "serial")
 
 
 class SpillingStore:
@@ -133,10 +155,7 @@ class SpillingStore:
         self._ram.move_to_end(frame)
         while len(self._ram) > self.capacity:
             old, old_record = self._ram.popitem(last=False)
-            torch.save(
-                {k: getattr(old_record, k) for k in ("low_res", "pointer", "score", "memory")},
-                self._path(old),
-            )
+            torch.save({k: getattr(old_record, k) for k in _SAVED}, self._path(old))
             self._spilled.add(old)
 
     def _path(self, frame: int) -> Path:

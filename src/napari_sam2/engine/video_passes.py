@@ -1,6 +1,8 @@
 """One propagation of a :class:`~.video.VideoTracker`: its passes over the frames, and on each
 frame every object's memory attention, mask decoding and memory encoding, in batches of
-``object_batch`` objects.
+``object_batch`` objects. An object whose record on a frame was computed from the very records
+it would attend to now (a re-propagation after a correction of another object; objects are
+tracked independently) keeps that record: the same result, without computing it again.
 
 :class:`TrackingPasses` is the propagating half of the tracker, kept apart from its prompts and
 frames (``video.py``); it works on the tracker's tables: ``_objects`` (each object's
@@ -71,13 +73,18 @@ class TrackingPasses:
         # the next propagation commits its prompt and tracks it.
         plans = [self._memory_plan(o, frame, reverse) for o in todo]
         plans = [p for p in plans if p.size != (0, 0)]
-        if plans:
+        # An object whose record here was computed from the same memories (an object not
+        # corrected, passed again by a re-propagation) keeps it: objects are independent.
+        state = self.model.state_token()
+        inputs = {id(p): p.inputs(state) for p in plans}
+        fresh = [p for p in plans if not _computed_from(p.obj, frame, inputs[id(p)])]
+        if fresh:
             emb = self._embedding(frame)
             # Once per frame, for every object: the memory attention's and memory encoder's
             # object-independent first steps.
             tokens = self.model.memory_frame_tokens(emb.features, emb.pos)
             projected = self.model.memory_frame_projection(emb.features)
-            for batch in batches(plans, self.object_batch):
+            for batch in batches(fresh, self.object_batch):
                 features = condition(
                     self.model, batch, emb.features, emb.pos, self._max_ptrs, tokens
                 )
@@ -91,7 +98,7 @@ class TrackingPasses:
                 )
                 records = FrameRecord(best, pointer, score, memory.to(torch.bfloat16))
                 for i, plan in enumerate(batch):
-                    plan.obj.history.put(frame, records.select(i))
+                    plan.obj.history.put(frame, records.select(i, inputs[id(plan)]))
         followed = {id(p.obj) for p in plans}
         for obj in objects:
             if frame in obj.cond or id(obj) in followed:
@@ -106,3 +113,8 @@ class TrackingPasses:
             max_ptrs=self._max_ptrs,
             num_frames=self.num_frames,
         )
+
+
+def _computed_from(obj: ObjectMemory, frame: int, inputs: tuple) -> bool:
+    record = obj.history.get(frame)
+    return record is not None and record.inputs == inputs

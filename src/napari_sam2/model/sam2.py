@@ -106,6 +106,14 @@ class SAM2Model(nn.Module):
             set_compute_dtype(self.get_submodule(name), dtype)
         return self
 
+    def state_token(self) -> tuple:
+        """Changes whenever what the network computes may change: its precision, or a parameter
+        changed in place (its version counter: an optimiser step, ``load_state_dict``) or
+        replaced (its storage). Results computed under equal tokens are reproducible. (As for
+        :class:`~.precision.CastOnce`, an edit through ``weight.data`` leaves no trace.)"""
+        versions = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        return self.precision, hash(versions)
+
     def compile_parts(self) -> SAM2Model:
         """``torch.compile`` the image encoder (fixed input size) and the memory attention,
         the two parts that do almost all of the work. Worth it on a GPU; on a CPU it costs
