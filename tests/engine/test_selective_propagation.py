@@ -113,3 +113,19 @@ def test_a_spilled_record_keeps_what_it_was_computed_from(tmp_path):
     assert back is not first and (back.serial, back.inputs) == (first.serial, first.inputs)
     assert FrameRecord(low, ptr, score).serial != first.serial
     assert first.with_memory(torch.zeros(1, 2, 2, 2)).serial != first.serial
+
+
+def test_a_frame_edited_since_is_computed_again(model):
+    data = np.random.default_rng(1).integers(0, 255, (6, 40, 56), dtype=np.uint8)
+    tracker = VideoTracker(model, data)
+    for obj_id, click in ((1, (14, 16)), (2, (28, 42))):
+        tracker.add_prompt(0, obj_id, points=[click], labels=[1])
+    list(tracker.propagate())
+    before = records(tracker, 2, range(3, 6))
+    data[4] = 255 - data[4]  # the image changed in place (a napari layer edited)
+    tracker.add_prompt(3, 1, points=[(30, 10)], labels=[0])
+    with pytest.warns(UserWarning):  # the store says the frame changed
+        list(tracker.propagate(start=3))
+    after = records(tracker, 2, range(3, 6))
+    assert after[3] is before[3]  # unchanged frame, unchanged memories: kept
+    assert after[4] is not before[4] and after[5] is not before[5]

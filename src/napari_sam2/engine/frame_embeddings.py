@@ -37,6 +37,7 @@ class FrameEmbeddings:
         self._make_spare = spare
         self._spare: EmbeddingStore | None = None
         self._ram: OrderedDict[int, ImageEmbedding] = OrderedDict()
+        self._pixels: dict[int, int] = {}  # frame -> fingerprint of what its embedding is of
         self.computed = 0  # frames encoded (for tests and diagnostics)
 
     def __len__(self) -> int:
@@ -66,11 +67,17 @@ class FrameEmbeddings:
             target = self._writable_store()
             if target is not None:
                 target.put(t, emb, pixels)
+        if pixels is not None:
+            self._pixels[t] = pixels
         self._ram[t] = emb
         self._ram.move_to_end(t)
         while len(self._ram) > self.ram_frames:
             self._ram.popitem(last=False)
         return emb
+
+    def pixels(self, t: int) -> int | None:
+        """The fingerprint of the pixels frame ``t``'s last embedding was made from."""
+        return self._pixels.get(t)
 
     def _writable_store(self) -> EmbeddingStore | None:
         if self.store is None or self.store.writable:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from .conditioning import MemoryPlan, batches, commit_pending, condition, memory_plan
+from .embedding_signatures import frame_fingerprint
 from .memory_bank import FrameRecord, ObjectMemory
 from .results import FrameResult
 
@@ -75,11 +76,16 @@ class TrackingPasses:
         plans = [p for p in plans if p.size != (0, 0)]
         # An object whose record here was computed from the same memories (an object not
         # corrected, passed again by a re-propagation) keeps it: objects are independent.
+        # The frame's pixels are part of it (read only where a record could be kept): a frame
+        # edited since is computed again.
         state = self.model.state_token()
-        inputs = {id(p): p.inputs(state) for p in plans}
-        fresh = [p for p in plans if not _computed_from(p.obj, frame, inputs[id(p)])]
+        fresh = plans
+        if any(frame in p.obj.history for p in plans):
+            now = (state, frame_fingerprint(self.source.read(frame)))
+            fresh = [p for p in plans if not _computed_from(p.obj, frame, p.inputs(now))]
         if fresh:
             emb = self._embedding(frame)
+            made = (state, self._embeddings.pixels(frame))
             # Once per frame, for every object: the memory attention's and memory encoder's
             # object-independent first steps.
             tokens = self.model.memory_frame_tokens(emb.features, emb.pos)
@@ -98,7 +104,7 @@ class TrackingPasses:
                 )
                 records = FrameRecord(best, pointer, score, memory.to(torch.bfloat16))
                 for i, plan in enumerate(batch):
-                    plan.obj.history.put(frame, records.select(i, inputs[id(plan)]))
+                    plan.obj.history.put(frame, records.select(i, plan.inputs(made)))
         followed = {id(p.obj) for p in plans}
         for obj in objects:
             if frame in obj.cond or id(obj) in followed:
