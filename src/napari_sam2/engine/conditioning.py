@@ -42,13 +42,13 @@ class MemoryPlan:
         """(mask memories, pointers): plans of one size stack without padding."""
         return len(self.mask_memories), len(self.pointers)
 
-    def inputs(self, model_state: tuple) -> tuple:
-        """Everything a record tracked from this plan depends on besides the frame's image
-        embedding (fixed for a tracker): the model's :meth:`~.SAM2Model.state_token` and each
+    def inputs(self, frame_state: tuple) -> tuple:
+        """Everything a record tracked from this plan depends on: ``frame_state`` (the model's
+        :meth:`~.SAM2Model.state_token` and the fingerprint of the frame's pixels) and each
         record attended to, by serial number, in its slot. A record kept with equal inputs is
         what tracking the frame again would compute."""
         mems = tuple((slot, r.serial) for slot, r in self.mask_memories)
-        return model_state, mems, tuple((offset, r.serial) for offset, r in self.pointers)
+        return frame_state, mems, tuple((offset, r.serial) for offset, r in self.pointers)
 
 
 def memory_plan(

@@ -4,9 +4,9 @@ Per object and frame, tracking produces a :class:`FrameRecord`: the low-resoluti
 (the result, and the prompt a later correction on that frame starts from), the object pointer,
 the object score, and the mask memory (bfloat16, as the official predictor stores it). A
 tracked record also says what it was computed from (``inputs``: the serial numbers of the
-records it attended to, in their slots, and the model's state), so that a propagation passing
-the frame again with the same inputs keeps it instead of computing it again (see
-:func:`~.conditioning.MemoryPlan.inputs`).
+records it attended to, in their slots, the frame's pixel fingerprint and the model's state),
+so that a propagation passing the frame again with the same inputs keeps it instead of
+computing it again (see :func:`~.conditioning.MemoryPlan.inputs`).
 
 - Conditioning frames (frames with a prompt) stay in RAM: every later frame attends to them.
 - Tracked frames without a prompt live in a :class:`SpillingStore`: the most recent ones (what
