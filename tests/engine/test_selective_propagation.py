@@ -97,6 +97,14 @@ def test_a_repropagation_keeps_the_objects_whose_memories_did_not_change(model):
         np.testing.assert_allclose(a.low_res, b.low_res, atol=1e-5)
     assert not np.allclose(results[kept][-1].low_res[0], before[1][7].low_res[0], atol=1e-3)
     # backward over the frames the forward pass tracked: other memories, computed again
+    # each frame re-propagated is read once, for the kept objects' check and the store's alike
+    kept.add_prompt(5, 1, points=[(20, 12)], labels=[0])
+    reads = []
+    read = kept.source.read
+    kept.source.read = lambda t: reads.append(t) or read(t)
+    list(kept.propagate(start=5))
+    assert sorted(reads) == [5, 6, 7]
+    kept.source.read = read
     kept_record = records(kept, 2, [3])[3]
     list(kept.propagate("backward", start=7))
     assert kept._objects[2].output(3) is not kept_record

@@ -50,25 +50,31 @@ class FrameEmbeddings:
         return t in self._ram or any(t in s for s in self._stores())
 
     def get(
-        self, t: int, compute: Callable[[int], tuple[ImageEmbedding, int]], device=None
+        self,
+        t: int,
+        compute: Callable[[int], tuple[ImageEmbedding, int]],
+        device=None,
+        pixels: int | None = None,
     ) -> ImageEmbedding:
+        """Frame ``t``'s embedding: from RAM, else from a store (checked against the frame's
+        fingerprint: ``pixels`` when the caller has just taken it, else taken now), else
+        ``compute(t)`` -> (embedding, fingerprint)."""
         emb = self._ram.get(t)
-        pixels = None
         if emb is None:
             for store in self._stores():
                 if t in store:
                     pixels = self._fingerprint(t) if pixels is None else pixels
                     emb = store.get(t, device, pixels)
                     if emb is not None:
+                        self._pixels[t] = pixels
                         break
         if emb is None:
             emb, pixels = compute(t)
+            self._pixels[t] = pixels
             self.computed += 1
             target = self._writable_store()
             if target is not None:
                 target.put(t, emb, pixels)
-        if pixels is not None:
-            self._pixels[t] = pixels
         self._ram[t] = emb
         self._ram.move_to_end(t)
         while len(self._ram) > self.ram_frames:
@@ -78,6 +84,10 @@ class FrameEmbeddings:
     def pixels(self, t: int) -> int | None:
         """The fingerprint of the pixels frame ``t``'s last embedding was made from."""
         return self._pixels.get(t)
+
+    def fingerprint(self, t: int) -> int:
+        """The fingerprint of frame ``t``'s pixels now (the frame is read for it)."""
+        return self._fingerprint(t)
 
     def _writable_store(self) -> EmbeddingStore | None:
         if self.store is None or self.store.writable:

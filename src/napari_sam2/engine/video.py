@@ -478,8 +478,9 @@ class VideoTracker(TrackingPasses):
                 progress(i + 1, len(order))
         return self._embeddings.computed - before
 
-    def _embedding(self, frame: int) -> ImageEmbedding:
-        return self._embeddings.get(frame, self._encode, self.model.device)
+    def _embedding(self, frame: int, pixels: int | None = None) -> ImageEmbedding:
+        """``pixels``: the frame's fingerprint, when the caller has just taken it."""
+        return self._embeddings.get(frame, self._encode, self.model.device, pixels)
 
     def _prepare(self, frame: int) -> tuple[torch.Tensor, int]:
         x, raw = self.source.prepare_with_frame(frame)

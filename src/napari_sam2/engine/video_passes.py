@@ -19,7 +19,6 @@ from collections.abc import Iterator
 import torch
 
 from .conditioning import MemoryPlan, batches, commit_pending, condition, memory_plan
-from .embedding_signatures import frame_fingerprint
 from .memory_bank import FrameRecord, ObjectMemory
 from .results import FrameResult
 
@@ -79,12 +78,13 @@ class TrackingPasses:
         # The frame's pixels are part of it (read only where a record could be kept): a frame
         # edited since is computed again.
         state = self.model.state_token()
-        fresh = plans
+        fresh, pixels = plans, None
         if any(frame in p.obj.history for p in plans):
-            now = (state, frame_fingerprint(self.source.read(frame)))
+            pixels = self._embeddings.fingerprint(frame)
+            now = (state, pixels)
             fresh = [p for p in plans if not _computed_from(p.obj, frame, p.inputs(now))]
         if fresh:
-            emb = self._embedding(frame)
+            emb = self._embedding(frame, pixels)  # the frame read once for both checks
             made = (state, self._embeddings.pixels(frame))
             # Once per frame, for every object: the memory attention's and memory encoder's
             # object-independent first steps.
