@@ -180,7 +180,8 @@ def test_embed_ahead_is_the_trackers_own_embedding_computed_outside_the_lock(min
     done = session.tracker._embeddings.computed
     ahead = session.tracker._embedding(2)
     assert session.tracker._embeddings.computed == done  # a click there encodes nothing
-    reference = PromptSession(mini_model, frames).tracker._embedding(2)
+    with torch.inference_mode():  # as the tracker computes its own
+        reference = PromptSession(mini_model, frames).tracker._embedding(2)
     for a, b in ((ahead.features, reference.features), (ahead.high_res[0], reference.high_res[0])):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not session.embed_ahead(3, wanted=lambda: False)  # the user moved on

@@ -14,6 +14,7 @@ from torch import nn
 from .common import MLP
 from .config import HieraConfig
 from .precision import Conv2d, Linear
+from .products import attention
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -65,7 +66,7 @@ class MultiScaleAttention(nn.Module):
             q = _max_pool_2x2(q.reshape(b, h, w, -1))
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
-        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         x = x.transpose(1, 2).reshape(b, h, w, -1)  # (B, H', W', C_out)
         return self.proj(x)
 

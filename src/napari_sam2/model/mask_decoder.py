@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
 from .precision import Conv2d, ConvTranspose2d, Linear
+from .products import attention
 
 NUM_MULTIMASK = 3
 STABILITY_DELTA = 0.05
@@ -40,7 +40,7 @@ class Attention(nn.Module):
     def attend(self, q, k, v, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Heads-split (B, h, N, d) tensors -> (B, N, dim). ``key_mask`` (B, 1, 1, Nk) bool
         marks the keys that take part (None: all)."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        out = attention(q, k, v, key_mask)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .mask_decoder import Attention
 from .precision import Linear
+from .products import blocked_attention, linear
 
 ROPE_THETA = 10000.0
 
@@ -87,36 +88,17 @@ class RoPEAttention(Attention):
         b, h, n, d = q.shape
         v = self.v_proj.compute_input(v)[:, None].expand(b, h, *v.shape[1:])  # same for all heads
         if q.device.type == "cpu":
-            weighted = _chunked_attention(q, k, v, key_mask)
+            weighted = blocked_attention(q, k, v, key_mask)
         else:
             weighted = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         w, bias = self.v_proj.weights()
-        w, bias = w.reshape(h, d, -1), bias.reshape(h, 1, d)  # (h, d, Cv), (h, 1, d)
-        out = torch.einsum("bhnc,hdc->bhnd", weighted, w) + bias
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
-
-
-SCORE_BLOCK_BYTES = 16 * 2**20  # a block of attention weights that stays in a CPU's L3 cache
-
-
-def _chunked_attention(q, k, v, key_mask=None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v, a block of queries at a time. On the CPU, with values
-    narrower than queries, this beats the fused kernel (by about 15 % for SAM 2's memory
-    attention at 1024², measured on a 2-core AVX-512 machine) as long as a block of weights
-    stays in cache: blocks hold about 16 MiB."""
-    scale = q.shape[-1] ** -0.5
-    kt = k.transpose(-1, -2)
-    per_query = k.shape[-2] * q.shape[1] * q.shape[0] * q.element_size()
-    chunk = max(32, min(q.shape[-2], SCORE_BLOCK_BYTES // max(per_query, 1)))
-    out = q.new_empty(*q.shape[:-1], v.shape[-1])
-    for s in range(0, q.shape[-2], chunk):
-        scores = (q[..., s : s + chunk, :] * scale) @ kt
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask, float("-inf"))
-        # In bf16/fp16 the softmax still reduces in fp32 (torch's kernels do); only the
-        # weights it returns are rounded, as the product with the values needs them.
-        out[..., s : s + chunk, :] = torch.softmax(scores, dim=-1) @ v
-    return out
+        if h == 1:  # SAM 2's memory attention
+            out = linear(weighted[:, 0], w, bias)
+        else:
+            w, bias = w.reshape(h, d, -1), bias.reshape(h, 1, d)  # (h, d, Cv), (h, 1, d)
+            out = torch.einsum("bhnc,hdc->bhnd", weighted, w) + bias
+            out = out.transpose(1, 2).reshape(b, n, h * d)
+        return self.out_proj(out)
 
 
 class MemoryAttentionLayer(nn.Module):

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .products import linear
+
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -140,10 +142,11 @@ class CastOnce:
 
 
 class Linear(CastOnce, nn.Linear):
-    """``nn.Linear`` that computes in its ``compute_dtype`` (:class:`CastOnce`)."""
+    """``nn.Linear`` that computes in its ``compute_dtype`` (:class:`CastOnce`); large fp32
+    products on an x86 CPU go through oneDNN (:mod:`.products`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.compute_input(x), *self.weights())
+        return linear(self.compute_input(x), *self.weights())
 
 
 class Conv2d(CastOnce, nn.Conv2d):
