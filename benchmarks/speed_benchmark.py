@@ -24,6 +24,8 @@ not in the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import statistics
 import sys
@@ -152,18 +154,32 @@ def both_runs(model, folder: Path, n: int, h: int, w: int) -> dict:
     return {"both": seconds / count, "forward + backward, no cache": (s1 + s2) / (c1 + c2)}
 
 
-def machine_rates(repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of fp32 and bf16 on this machine: a square matrix product, a linear layer shaped
-    like the image encoder's MLP, and SDPA shaped like the memory attention's cross-attention
-    (4096 queries, 7 x 4096 keys); fp32 and bf16 interleaved, medians."""
+def machine_rates(repeats: int = 5, bf16: bool = True) -> dict[tuple[str, str], float]:
+    """GFLOP/s on this machine: a square matrix product, a linear layer shaped like the image
+    encoder's MLP, and SDPA shaped like the memory attention's cross-attention (4096 queries,
+    7 x 4096 keys), in fp32 through torch (its MKL or BLAS: what Meta's code runs on), the two
+    products in fp32 through oneDNN (what ours runs on, :mod:`napari_sam2.model.products`), and
+    in bf16 (``bf16``: where the CPU has it natively); interleaved, medians."""
     import torch
     import torch.nn.functional as F
 
-    def case(dtype):
+    from napari_sam2.model.products import onednn_available
+
+    def case(dtype, onednn=False):
         g = torch.Generator().manual_seed(0)
         a, b = (torch.randn(2048, 2048, generator=g, dtype=dtype) for _ in range(2))
         x = torch.randn(16384, 384, generator=g, dtype=dtype)
         wt = torch.randn(1536, 384, generator=g, dtype=dtype)
+        if onednn:
+            lp = torch.ops.mkldnn._linear_pointwise
+            bt = b.t().contiguous()
+            return {
+                "matmul 2048^2": (lambda: lp(a, bt, None, "none", [], ""), 2 * 2048**3),
+                "linear 16384x384->1536": (
+                    lambda: lp(x, wt, None, "none", [], ""),
+                    2 * 16384 * 384 * 1536,
+                ),
+            }
         q = torch.randn(1, 1, 4096, 256, generator=g, dtype=dtype)
         k = torch.randn(1, 1, 7 * 4096, 256, generator=g, dtype=dtype)
         return {
@@ -175,18 +191,39 @@ def machine_rates(repeats: int = 5) -> dict[str, float]:
             ),
         }
 
-    cases = {"fp32": case(torch.float32), "bf16": case(torch.bfloat16)}
+    cases = {"fp32": case(torch.float32)}
+    if onednn_available():
+        cases["fp32 oneDNN"] = case(torch.float32, onednn=True)
+    if bf16:
+        cases["bf16"] = case(torch.bfloat16)
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(repeats):
-        for dtype, ops in cases.items():
+        for kind, ops in cases.items():
             for name, (fn, _) in ops.items():
                 start = time.perf_counter()
                 fn()
-                times.setdefault((name, dtype), []).append(time.perf_counter() - start)
+                times.setdefault((name, kind), []).append(time.perf_counter() - start)
     return {
         key: cases[key[1]][key[0]][1] / statistics.median(ts[1:]) / 1e9  # the first warms up
         for key, ts in times.items()
     }
+
+
+@contextlib.contextmanager
+def cpu_products(choice: str | None):
+    """Ours with fp32 products through ``choice`` (None: the library's own choice)."""
+    from napari_sam2.model.products import ENV
+
+    before = os.environ.get(ENV)
+    if choice is not None:
+        os.environ[ENV] = choice
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
 
 
 def load() -> str:
@@ -216,6 +253,14 @@ def main() -> None:
         help="ours: objects computed together (default: the tracker's own choice); several "
         "values are each timed",
     )
+    p.add_argument(
+        "--products",
+        nargs="+",
+        default=[None],
+        choices=["onednn", "torch"],
+        help="ours: which library multiplies fp32 on the CPU (default: the library's own "
+        "choice, napari_sam2.model.products); several values are each timed",
+    )
     args = p.parse_args()
 
     import torch
@@ -225,18 +270,24 @@ def main() -> None:
     from official import build_official, save_checkpoint
 
     from napari_sam2.model.precision import native_bf16_cpu
+    from napari_sam2.model.products import cpu_products as cpu_products_now
 
     torch.set_grad_enabled(False)
     print(
         f"{args.model}, {args.size}px input, torch {torch.__version__}, {os.cpu_count()} CPUs "
         f"({torch.get_num_threads()} threads), native bf16: {native_bf16_cpu()}, "
-        f"load average {load()}"
+        f"fp32 products: {cpu_products_now()}, load average {load()}"
     )
-    if not args.skip_rates and native_bf16_cpu():
-        rates = machine_rates()
+    if not args.skip_rates:
+        rates = machine_rates(bf16=native_bf16_cpu())
         for name in dict.fromkeys(k[0] for k in rates):
-            f32, b16 = rates[(name, "fp32")], rates[(name, "bf16")]
-            print(f"  {name:>24}: fp32 {f32:6.1f}, bf16 {b16:6.1f} GFLOP/s ({b16 / f32:.2f}x)")
+            f32 = rates[(name, "fp32")]
+            cells = [f"fp32 {f32:6.1f}"] + [
+                f"{kind} {rates[(name, kind)]:6.1f} ({rates[(name, kind)] / f32:.2f}x)"
+                for kind in ("fp32 oneDNN", "bf16")
+                if (name, kind) in rates
+            ]
+            print(f"  {name:>24}: {', '.join(cells)} GFLOP/s")
     for clip in args.clips:
         n, h, w = (int(v) for v in clip.split("x"))
         with tempfile.TemporaryDirectory(prefix="sam2-speed-") as tmp:
@@ -251,11 +302,12 @@ def main() -> None:
                             official_run(folder, n, h, w, objects, args)
                         )
                     for pr, model in models.items():
-                        for batch in args.object_batch:
+                        for batch, products in itertools.product(args.object_batch, args.products):
                             name = f"ours {pr}" + ("" if batch is None else f" batch {batch}")
-                            runs.setdefault(name, []).append(
-                                our_run(model, folder, n, h, w, objects, batch)
-                            )
+                            name += "" if products is None else f" {products}"
+                            with cpu_products(products):
+                                run = our_run(model, folder, n, h, w, objects, batch)
+                            runs.setdefault(name, []).append(run)
                 cases = phases(objects)
                 keys = [*cases, *(f"{k} cpu" for k in cases)]
                 med = {
