@@ -163,7 +163,7 @@ def machine_rates(repeats: int = 5, bf16: bool = True) -> dict[tuple[str, str], 
     import torch
     import torch.nn.functional as F
 
-    from napari_sam2.model.products import onednn_available
+    from napari_sam2.model.products import onednn_available, onednn_linear
 
     def case(dtype, onednn=False):
         g = torch.Generator().manual_seed(0)
@@ -171,14 +171,10 @@ def machine_rates(repeats: int = 5, bf16: bool = True) -> dict[tuple[str, str], 
         x = torch.randn(16384, 384, generator=g, dtype=dtype)
         wt = torch.randn(1536, 384, generator=g, dtype=dtype)
         if onednn:
-            lp = torch.ops.mkldnn._linear_pointwise
             bt = b.t().contiguous()
             return {
-                "matmul 2048^2": (lambda: lp(a, bt, None, "none", [], ""), 2 * 2048**3),
-                "linear 16384x384->1536": (
-                    lambda: lp(x, wt, None, "none", [], ""),
-                    2 * 16384 * 384 * 1536,
-                ),
+                "matmul 2048^2": (lambda: onednn_linear(a, bt), 2 * 2048**3),
+                "linear 16384x384->1536": (lambda: onednn_linear(x, wt), 2 * 16384 * 384 * 1536),
             }
         q = torch.randn(1, 1, 4096, 256, generator=g, dtype=dtype)
         k = torch.randn(1, 1, 7 * 4096, 256, generator=g, dtype=dtype)

@@ -18,13 +18,13 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 def calls(monkeypatch):
     """The oneDNN calls made, as (rows, K, N)."""
     seen: list[tuple[int, int, int]] = []
-    real = products._onednn_linear
+    real = products.onednn_linear
 
     def spy(x, weight, bias):
         seen.append((x.numel() // x.shape[-1], *weight.shape[::-1]))
         return real(x, weight, bias)
 
-    monkeypatch.setattr(products, "_onednn_linear", spy)
+    monkeypatch.setattr(products, "onednn_linear", spy)
     monkeypatch.delenv(products.ENV, raising=False)
     return seen
 
@@ -61,6 +61,7 @@ def test_a_large_linear_is_fp32_through_onednn(calls, monkeypatch):
     assert torch.allclose(
         products.linear(wide, w.t().contiguous().t()), F.linear(wide, w), atol=1e-3
     )
+    assert calls[1:] == [(700, 384, 1536)]
 
 
 def test_small_products_gradients_and_the_switch_stay_with_torch(calls, monkeypatch):

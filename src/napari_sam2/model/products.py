@@ -54,7 +54,7 @@ def onednn_available() -> bool:
         g = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(*s, generator=g) for s in ((5, 3, 16), (8, 16), (8,)))
         with torch.no_grad():
-            got = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+            got = onednn_linear(x, w, b)
         return got.shape == (5, 3, 8) and torch.allclose(got, F.linear(x, w, b), atol=1e-5)
     except (AttributeError, RuntimeError, TypeError):
         return False
@@ -91,11 +91,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     # other layout falls to its reference code, a thousand times slower).
     dense = weight.is_contiguous() or weight.t().is_contiguous()
     if dense and x.stride(-1) == 1 and _onednn(x, weight, (x.numel() // max(k, 1)) * k * n, bias):
-        return _onednn_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
-def _onednn_linear(x, weight, bias):
+def onednn_linear(x, weight, bias=None) -> torch.Tensor:
+    """``F.linear`` computed by oneDNN, unconditionally (:func:`linear` decides when)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
