@@ -132,3 +132,69 @@ def test_the_network_runs_its_large_products_through_onednn_and_agrees_with_torc
     for a, b in pairs:
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
         assert not torch.equal(a, b)  # the two really are different kernels
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """The calls of torch's fused attention kernel."""
+    seen: list[tuple] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append(tuple(q.shape))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    monkeypatch.delenv(products.ENV, raising=False)
+    return seen
+
+
+def _error(got, exact):
+    diff = (got.double() - exact).abs()
+    return diff.mean().item(), diff.max().item()
+
+
+@pytest.mark.parametrize("shape", [(256, 1, 64, 96), (1, 4, 1024, 96)])
+def test_bf16_attention_is_blocked_on_a_cpu_without_amx(shape, fused, monkeypatch):
+    """The encoder's windows (many small heads: one batched product per block) and a global
+    block, in bf16: as close to the exact result as bf16 allows (its scores are rounded to
+    bf16 before the softmax: about twice the fused kernel's mean error, measured)."""
+    b, h, n, d = shape
+    q, k, v = (t.transpose(1, 2).bfloat16() for t in _randn(b, n, 3, h, d).unbind(2))
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    fused.clear()
+    got = products.attention(q, k, v)
+    assert got.dtype == torch.bfloat16
+    if not products.bf16_blocks_pay():  # AMX, or no AVX512-BF16: torch's fused kernel
+        assert fused == [shape]
+        return
+    assert fused == []
+    reference = F.scaled_dot_product_attention(q, k, v)
+    (mean, worst), (fused_mean, fused_worst) = _error(got, exact), _error(reference, exact)
+    assert mean < 3 * fused_mean and worst < 5 * fused_worst
+    monkeypatch.setenv(products.ENV, "torch")  # the switch gives torch's fused kernel back
+    assert torch.equal(products.attention(q, k, v), reference)
+
+
+def test_bf16_blocked_attention_with_padded_keys(fused, monkeypatch):
+    """The memory attention in bf16: objects batched, one with fewer memories; blocks of
+    several objects and blocks of part of one object's queries agree."""
+    q, k, v = (
+        _randn(3, 1, 256, 256).bfloat16(),
+        _randn(3, 1, 1200, 256, seed=1).bfloat16(),
+        _randn(3, 1, 1200, 64, seed=2).bfloat16(),
+    )
+    mask = torch.ones(3, 1, 1, 1200, dtype=torch.bool)
+    mask[1, ..., 900:] = False
+    scores = (q.double() @ k.double().transpose(-1, -2)) / 16.0
+    exact = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v.double()
+    whole = products.blocked_attention(q, k, v, mask)
+    monkeypatch.setattr(products, "REDUCED_BLOCK_BYTES", 2**16)  # 27 queries' scores a block
+    parts = products.blocked_attention(q, k, v, mask)
+    for got in (whole, parts):
+        assert got.dtype == torch.bfloat16
+        mean, worst = _error(got, exact)
+        assert mean < 2e-3 and worst < 2e-2, (mean, worst)
+    if products.bf16_blocks_pay():
+        assert torch.allclose(whole.float(), parts.float(), atol=1e-2)
+    assert fused == []  # the memory attention never used the fused kernel

@@ -24,13 +24,12 @@ from __future__ import annotations
 import functools
 import platform
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .products import linear
+from .products import cpu_flags, linear
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,15 +43,7 @@ class PrecisionError(ValueError):
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX on x86; BF16 on Arm)."""
     if sys.platform.startswith("linux"):
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        flags = set()
-        for line in text.splitlines():
-            if line.startswith(("flags", "Features")):
-                flags.update(line.split(":", 1)[1].split())
-        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
     if sys.platform == "darwin" and platform.machine() == "arm64":
         import subprocess
 

@@ -19,7 +19,18 @@ Only where it pays and where nothing else is needed: a CPU tensor in fp32, at le
 :data:`MIN_MACS` multiply-adds (below that, oneDNN's per-call set-up costs more than it saves),
 and no gradient to compute (training goes through torch's products, which autograd knows),
 and not inside ``torch.compile`` (which picks its own kernels).
-``NAPARI_SAM2_CPU_PRODUCTS=torch`` turns it off (``onednn``, the default on x86-64, turns it
+
+In bf16 on a CPU without AMX (AVX512-BF16 only, e.g. AMD EPYC), the attention goes the same
+blocked way, its products in bf16 (torch's matmul, which runs oneDNN's AVX512-BF16 kernels at
+the bf16 rate): torch's fused bf16 kernel ran at 75-205 GFLOP/s there, the blocks at 190-710
+(2.3-4.7x; encoder windows and global blocks, the memory's self- and cross-attention). Its
+scores are rounded to bf16 before the softmax (the fused kernel keeps them in fp32), which
+about doubles the mean error of a bf16 attention output (still well inside bf16's precision;
+the bf16 agreement tests hold the tracker to fp32). On a CPU with AMX the fused kernel runs
+AMX tiles and is faster than bf16 matmul (408 against 310 GFLOP/s, measured on a Xeon): it is
+kept there, as on CUDA.
+
+``NAPARI_SAM2_CPU_PRODUCTS=torch`` turns both off (``onednn``, the default on x86-64, turns it
 on); the choice is read at every call, so that a test or a benchmark can compare both.
 """
 
@@ -39,6 +50,21 @@ MIN_MACS = 1 << 22  # a 4096 x 32 x 32 product: the measured break-even is about
 # torch's products (the memory attention at 1024²) and for oneDNN's (every attention here).
 TORCH_BLOCK_BYTES = 16 * 2**20
 ONEDNN_BLOCK_BYTES = 8 * 2**20
+REDUCED_BLOCK_BYTES = 16 * 2**20  # bf16 blocks: 16 MiB beat 2-8 on the memory's cross-attention
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo`` on Linux; empty elsewhere)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return frozenset(flags)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,8 +98,9 @@ def cpu_products() -> str:
     return "onednn" if platform.machine().lower() in ("x86_64", "amd64") else "torch"
 
 
-def _onednn(x: torch.Tensor, w: torch.Tensor, macs: int, *extra) -> bool:
-    if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
+def _ours(x: torch.Tensor, w: torch.Tensor, macs: int, dtype, *extra) -> bool:
+    """Whether a product of ``macs`` multiply-adds of ``x`` and ``w`` in ``dtype`` goes our way."""
+    if x.device.type != "cpu" or x.dtype != dtype or w.dtype != dtype:
         return False
     if macs < MIN_MACS:
         return False
@@ -82,6 +109,23 @@ def _onednn(x: torch.Tensor, w: torch.Tensor, macs: int, *extra) -> bool:
     if torch.compiler.is_compiling():  # torch.compile chooses its own kernels
         return False
     return cpu_products() == "onednn"
+
+
+def _onednn(x: torch.Tensor, w: torch.Tensor, macs: int, *extra) -> bool:
+    return _ours(x, w, macs, torch.float32, *extra)
+
+
+def bf16_blocks_pay() -> bool:
+    """Whether this CPU multiplies bf16 with AVX512-BF16 and has no AMX: there, blocked bf16
+    products beat torch's fused bf16 attention kernel (measured on an AMD EPYC)."""
+    flags = cpu_flags()
+    return "avx512_bf16" in flags and "amx_bf16" not in flags
+
+
+def _bf16_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    b, h, n, d = q.shape
+    macs = b * h * n * k.shape[-2] * d
+    return _ours(q, k, macs, torch.bfloat16, v) and bf16_blocks_pay()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,14 +144,20 @@ def onednn_linear(x, weight, bias=None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _per_head(q, k, v, key_mask) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v with oneDNN's products, one (batch, head) and one block of
-    queries at a time."""
+def _blocked(q, k, v, key_mask, block_bytes: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v a block of scores of at most ``block_bytes`` at a time: one
+    (batch, head) and one block of queries at a time where a block holds at most one (batch,
+    head)'s scores (products through :func:`linear`: oneDNN's in fp32), several whole (batch,
+    head) pairs at a time in one batched product where it holds more (the encoder's windows, in
+    bf16; an fp32 batched product would be MKL's)."""
     b, h, n, d = q.shape
     nk = k.shape[-2]
-    chunk = max(32, min(n, ONEDNN_BLOCK_BYTES // max(nk * q.element_size(), 1)))
+    rows = block_bytes // max(nk * q.element_size(), 1)
     out = q.new_empty(b, h, n, v.shape[-1])
     q = q * d**-0.5
+    if rows >= n and b * h > 1 and q.dtype != torch.float32:
+        return _grouped(q, k, v, key_mask, max(1, rows // n), out)
+    chunk = max(32, min(n, rows))
     for i in range(b):
         mask = None if key_mask is None else key_mask[min(i, key_mask.shape[0] - 1)].reshape(nk)
         for j in range(h):
@@ -120,6 +170,22 @@ def _per_head(q, k, v, key_mask) -> torch.Tensor:
     return out
 
 
+def _grouped(q, k, v, key_mask, groups: int, out) -> torch.Tensor:
+    """:func:`_blocked` for scaled queries, ``groups`` (batch, head) pairs per product."""
+    b, h, n, d = q.shape
+    nk, dv = k.shape[-2], v.shape[-1]
+    q, k, v = q.reshape(b * h, n, d), k.reshape(b * h, nk, d), v.reshape(b * h, nk, dv)
+    flat = out.view(b * h, n, dv)
+    if key_mask is not None:
+        key_mask = key_mask.expand(b, h, 1, nk).reshape(b * h, 1, nk)
+    for s in range(0, b * h, groups):
+        scores = q[s : s + groups] @ k[s : s + groups].transpose(-1, -2)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[s : s + groups], float("-inf"))
+        flat[s : s + groups] = torch.softmax(scores, dim=-1) @ v[s : s + groups]
+    return out
+
+
 def blocked_attention(q, k, v, key_mask=None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for (B, h, N, d) queries and keys and (B, h, Nk, dv) values,
     a block of queries at a time (a block of scores stays in cache); ``key_mask`` (B, 1, 1, Nk)
@@ -128,7 +194,9 @@ def blocked_attention(q, k, v, key_mask=None) -> torch.Tensor:
     best on wide values); with oneDNN's it beats it at every width."""
     b, h, n, d = q.shape
     if _onednn(q, k, n * k.shape[-2] * d, v):
-        return _per_head(q, k, v, key_mask)
+        return _blocked(q, k, v, key_mask, ONEDNN_BLOCK_BYTES)
+    if _bf16_blocks(q, k, v):
+        return _blocked(q, k, v, key_mask, REDUCED_BLOCK_BYTES)
     scale = d**-0.5
     kt = k.transpose(-1, -2)
     per_query = k.shape[-2] * h * b * q.element_size()
@@ -148,8 +216,11 @@ def attention(q, k, v, key_mask=None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)`` for (B, h, N, d)
     tensors: blocked with oneDNN's products where they apply (large fp32 attention on the CPU:
     the image encoder's global blocks, 1.8x faster than the fused kernel, the memory
-    attention's self-attention 1.9x), torch's fused kernel otherwise."""
+    attention's self-attention 1.9x; bf16 attention on a CPU without AMX, 2.3-4.7x), torch's
+    fused kernel otherwise."""
     n, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     if _onednn(q, k, n * nk * d, v):
-        return _per_head(q, k, v, key_mask)
+        return _blocked(q, k, v, key_mask, ONEDNN_BLOCK_BYTES)
+    if _bf16_blocks(q, k, v):
+        return _blocked(q, k, v, key_mask, REDUCED_BLOCK_BYTES)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
